@@ -1,0 +1,51 @@
+# LoRA Studio: `make run` opens the app, `make test` runs the whole test suite.
+# Both create the virtual environment and install everything on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch is installed when no NVIDIA GPU is found (set LORA_STUDIO_CUDA=1 to
+# force the CUDA build). An already installed torch is always kept. On machines where
+# plain `pip install torch==X` would fetch a CUDA build, add the CPU index, e.g.
+#   make run TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_CPU ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+TEST_ENV := QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+	TOKENIZERS_PARALLELISM=false
+
+.PHONY: run test lint screenshot install clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if $(BIN)/python -c "import torch" >/dev/null 2>&1; then \
+		echo "Keeping the installed torch: $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	elif [ -n "$(LORA_STUDIO_CUDA)" ] || command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing the CUDA build of torch"; \
+		$(PIP) install torch; \
+	else \
+		echo "No NVIDIA GPU found: installing the CPU build ($(TORCH_CPU))"; \
+		$(PIP) install $(TORCH_INDEX) "$(TORCH_CPU)"; \
+	fi
+	$(PIP) install -c requirements/constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/lora-studio gui
+
+test: $(STAMP)
+	$(TEST_ENV) $(BIN)/lint-imports --no-cache
+	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check lora_studio tests scripts
+	$(BIN)/lint-imports --no-cache
+
+screenshot: $(STAMP)
+	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(BIN)/python scripts/screenshot.py docs/screenshot.png
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

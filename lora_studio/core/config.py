@@ -1,0 +1,518 @@
+"""Training configuration: :class:`LoraConfig`, its presets, and TOML files.
+
+Every field carries its help text, unit and limits in ``field(metadata=...)`` (as peft's
+``LoraConfig`` does). That one place drives validation, the preset form's tooltips and
+ranges, the CLI's ``--help`` and the docs.
+
+Saved configs carry ``config_version``; :func:`migrate` upgrades older files so they keep
+loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from lora_studio.core.atomic import atomic_write_text
+from lora_studio.core.errors import ConfigError
+
+CONFIG_VERSION = 1
+
+
+class MixedPrecision(str, enum.Enum):
+    """Numeric precision of the forward/backward pass (the LoRA weights stay fp32)."""
+
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class ModelFamily(str, enum.Enum):
+    """The architecture family of a base model."""
+
+    SD15 = "sd15"
+    SDXL = "sdxl"
+    SD3 = "sd3"
+    FLUX = "flux"
+
+    @property
+    def label(self) -> str:
+        return _FAMILY_LABELS[self]
+
+
+_FAMILY_LABELS = {
+    ModelFamily.SD15: "SD 1.5",
+    ModelFamily.SDXL: "SDXL",
+    ModelFamily.SD3: "SD 3.5",
+    ModelFamily.FLUX: "Flux",
+}
+
+
+class LrScheduler(str, enum.Enum):
+    """Learning-rate schedule over the run."""
+
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+def _meta(
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    unit: str = "",
+    label: str = "",
+    flag: bool = True,
+) -> dict[str, Any]:
+    return {
+        "help": help,
+        "min": minimum,
+        "max": maximum,
+        "unit": unit,
+        "label": label,
+        "flag": flag,
+    }
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Everything that decides how a LoRA is trained.
+
+    Instances are immutable; use :meth:`replace` (or the ``with_*`` helpers) to derive a
+    changed copy.
+    """
+
+    config_version: int = field(
+        default=CONFIG_VERSION, metadata=_meta("Version of the config file format.", flag=False)
+    )
+    preset: str = field(
+        default="sd15",
+        metadata=_meta("The preset these settings started from.", label="Preset", flag=False),
+    )
+    name: str = field(
+        default="my_lora",
+        metadata=_meta(
+            "Output name: the LoRA is written as <name>.safetensors.", label="Output name"
+        ),
+    )
+    family: ModelFamily = field(
+        default=ModelFamily.SD15,
+        metadata=_meta(
+            "Model family the preset is tuned for (the base model decides what is trained).",
+            label="Model family",
+        ),
+    )
+    trigger_word: str = field(
+        default="",
+        metadata=_meta(
+            "A rare word that calls up the trained concept; put in front of every caption "
+            "that lacks it.",
+            label="Trigger word",
+        ),
+    )
+    rank: int = field(
+        default=16,
+        metadata=_meta(
+            "LoRA rank (network dim): size of the low-rank update. 4-8 small and fast, "
+            "16-32 balanced, 64+ for detail.",
+            minimum=1,
+            maximum=1024,
+            label="Rank",
+        ),
+    )
+    alpha: float = field(
+        default=16.0,
+        metadata=_meta(
+            "LoRA alpha: the update is scaled by alpha / rank. Usually equal to the rank.",
+            minimum=0.0,
+            maximum=4096,
+            label="Alpha",
+        ),
+    )
+    resolution: int = field(
+        default=512,
+        metadata=_meta(
+            "Training resolution: images are resized and centre-cropped to this square.",
+            minimum=64,
+            maximum=2048,
+            unit="px",
+            label="Resolution",
+        ),
+    )
+    epochs: int = field(
+        default=15,
+        metadata=_meta(
+            "Passes over the dataset (each image counted repeats times).",
+            minimum=1,
+            maximum=10000,
+            label="Epochs",
+        ),
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata=_meta(
+            "Stop after this many optimizer steps; overrides epochs when set.",
+            minimum=1,
+            maximum=1_000_000,
+            label="Max steps",
+        ),
+    )
+    repeats: int = field(
+        default=1,
+        metadata=_meta(
+            "How often each image is seen per epoch (kohya 'N_' folders override it).",
+            minimum=1,
+            maximum=1000,
+            label="Repeats",
+        ),
+    )
+    learning_rate: float = field(
+        default=1e-4,
+        metadata=_meta(
+            "Learning rate of the UNet/transformer LoRA.",
+            minimum=1e-7,
+            maximum=1.0,
+            label="Learning rate",
+        ),
+    )
+    text_encoder_lr: float | None = field(
+        default=None,
+        metadata=_meta(
+            "Learning rate of the text-encoder LoRA (defaults to half the learning rate).",
+            minimum=1e-7,
+            maximum=1.0,
+            label="Text encoder LR",
+        ),
+    )
+    lr_scheduler: LrScheduler = field(
+        default=LrScheduler.CONSTANT,
+        metadata=_meta("How the learning rate changes over the run.", label="LR schedule"),
+    )
+    lr_warmup_steps: int = field(
+        default=0,
+        metadata=_meta(
+            "Steps over which the learning rate ramps up from zero.",
+            minimum=0,
+            maximum=100_000,
+            label="Warmup steps",
+        ),
+    )
+    batch_size: int = field(
+        default=1,
+        metadata=_meta(
+            "Images per forward pass. Higher needs more VRAM.", minimum=1, maximum=64,
+            label="Batch size",
+        ),
+    )
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata=_meta(
+            "Batches summed before each optimizer step (effective batch = batch x this).",
+            minimum=1,
+            maximum=256,
+            label="Grad. accumulation",
+        ),
+    )
+    mixed_precision: MixedPrecision = field(
+        default=MixedPrecision.FP16,
+        metadata=_meta(
+            "Precision of the frozen model during training. bf16 needs an Ampere or newer "
+            "GPU; on a CPU training runs in fp32.",
+            label="Mixed precision",
+        ),
+    )
+    train_text_encoder: bool = field(
+        default=False,
+        metadata=_meta(
+            "Also train a LoRA on the text encoder (better prompt binding, more VRAM).",
+            label="Train text encoder",
+        ),
+    )
+    seed: int = field(
+        default=42,
+        metadata=_meta(
+            "Random seed: the same seed, data and settings give the same LoRA.",
+            minimum=0,
+            maximum=2**32 - 1,
+            label="Seed",
+        ),
+    )
+
+    # ---- presets ---------------------------------------------------------------------
+
+    @classmethod
+    def sdxl_preset(cls) -> LoraConfig:
+        """SDXL: rank 32, alpha 32, 1024x1024, 10 epochs, bf16."""
+        return cls(
+            preset="sdxl", family=ModelFamily.SDXL, rank=32, alpha=32.0, resolution=1024,
+            epochs=10, mixed_precision=MixedPrecision.BF16,
+        )
+
+    @classmethod
+    def sd15_preset(cls) -> LoraConfig:
+        """SD 1.5: rank 16, alpha 16, 512x512, 15 epochs, fp16."""
+        return cls(
+            preset="sd15", family=ModelFamily.SD15, rank=16, alpha=16.0, resolution=512,
+            epochs=15, mixed_precision=MixedPrecision.FP16,
+        )
+
+    @classmethod
+    def fast_preset(cls) -> LoraConfig:
+        """Fast iteration: rank 8, alpha 8, 512x512, 5 epochs."""
+        return cls(
+            preset="fast", rank=8, alpha=8.0, resolution=512, epochs=5, learning_rate=2e-4,
+            mixed_precision=MixedPrecision.FP16,
+        )
+
+    @classmethod
+    def high_quality_preset(cls) -> LoraConfig:
+        """High quality: rank 64, alpha 64, 768x768, 20 epochs, text-encoder training."""
+        return cls(
+            preset="high_quality", rank=64, alpha=64.0, resolution=768, epochs=20,
+            train_text_encoder=True, text_encoder_lr=5e-5, lr_scheduler=LrScheduler.COSINE,
+            lr_warmup_steps=50, mixed_precision=MixedPrecision.BF16,
+        )
+
+    @classmethod
+    def flux_preset(cls) -> LoraConfig:
+        """Flux: rank 16, alpha 16, 1024x1024, 10 epochs, bf16, learning rate 4e-4."""
+        return cls(
+            preset="flux", family=ModelFamily.FLUX, rank=16, alpha=16.0, resolution=1024,
+            epochs=10, learning_rate=4e-4, mixed_precision=MixedPrecision.BF16,
+        )
+
+    @classmethod
+    def sd35_preset(cls) -> LoraConfig:
+        """SD 3.5: rank 16, alpha 16, 1024x1024, 10 epochs, bf16."""
+        return cls(
+            preset="sd35", family=ModelFamily.SD3, rank=16, alpha=16.0, resolution=1024,
+            epochs=10, mixed_precision=MixedPrecision.BF16,
+        )
+
+    @classmethod
+    def from_preset(cls, name: str) -> LoraConfig:
+        """The config of the preset called ``name`` (see :data:`PRESETS`)."""
+        try:
+            return PRESETS[name.lower().replace("-", "_").replace(" ", "_")].factory()
+        except KeyError:
+            known = ", ".join(PRESETS)
+            raise ConfigError(f"Unknown preset {name!r}; choose one of: {known}.") from None
+
+    # ---- derived copies --------------------------------------------------------------
+
+    def replace(self, **changes: Any) -> LoraConfig:
+        """A copy with ``changes`` applied, coerced to the field types and validated."""
+        return coerce_config({**self.to_dict(), **changes})
+
+    def with_trigger_word(self, word: str) -> LoraConfig:
+        return self.replace(trigger_word=word.strip())
+
+    # ---- checks and numbers ----------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Every reason this config cannot be trained, as user-facing sentences."""
+        issues: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            lo, hi = f.metadata.get("min"), f.metadata.get("max")
+            if value is None or isinstance(value, (bool, str, enum.Enum)):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                issues.append(f"{_label(f)} must be a finite number.")
+                continue
+            if lo is not None and value < lo:
+                issues.append(f"{_label(f)} must be at least {lo:g} (got {value:g}).")
+            if hi is not None and value > hi:
+                issues.append(f"{_label(f)} must be at most {hi:g} (got {value:g}).")
+        if self.resolution % 8:
+            issues.append(
+                f"Resolution must be a multiple of 8 (got {self.resolution}); try "
+                f"{max(64, round(self.resolution / 64) * 64)}."
+            )
+        if not self.name.strip():
+            issues.append("Output name must not be empty.")
+        elif any(ch in self.name for ch in '/\\:*?"<>|') or self.name.strip(". ") == "":
+            issues.append(f"Output name {self.name!r} cannot be used as a file name.")
+        return issues
+
+    def validate(self) -> LoraConfig:
+        """Return ``self``, or raise :class:`ConfigError` naming every problem."""
+        issues = self.problems()
+        if issues:
+            raise ConfigError(" ".join(issues))
+        return self
+
+    @property
+    def effective_text_encoder_lr(self) -> float:
+        return self.text_encoder_lr if self.text_encoder_lr is not None else self.learning_rate / 2
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+    # ---- (de)serialisation -----------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-able values (enums as strings, ``None`` kept)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoraConfig:
+        """Build a config from a (possibly older) saved dict; unknown keys are an error."""
+        return coerce_config(migrate(dict(data)))
+
+    def to_toml(self) -> str:
+        body = {k: v for k, v in self.to_dict().items() if v is not None}
+        return tomli_w.dumps({"lora": body})
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as TOML (atomically)."""
+        return atomic_write_text(path, self.to_toml())
+
+    @classmethod
+    def load(cls, path: str | Path) -> LoraConfig:
+        """Read a TOML config written by :meth:`save` (or by hand)."""
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"Config file {p} does not exist.") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Config file {p} cannot be read: {exc}.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Config file {p} is not valid TOML: {exc}.") from None
+        section = data.get("lora", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"Config file {p} has no [lora] table.")
+        return cls.from_dict(section)
+
+
+def _label(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("label") or f.name.replace("_", " ").capitalize())
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(LoraConfig)}
+
+
+def field_help(name: str) -> str:
+    """The help text of config field ``name``."""
+    return str(FIELDS[name].metadata.get("help", ""))
+
+
+def field_label(name: str) -> str:
+    return _label(FIELDS[name])
+
+
+def field_range(name: str) -> tuple[float | None, float | None]:
+    meta = FIELDS[name].metadata
+    return meta.get("min"), meta.get("max")
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Upgrade a saved config dict to :data:`CONFIG_VERSION`."""
+    version = int(data.get("config_version", 1))
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            f"This config was written by a newer LoRA Studio (config version {version}); "
+            f"this one reads up to version {CONFIG_VERSION}."
+        )
+    # Version 1 is the first; later versions add their upgrade steps here, in order.
+    data["config_version"] = CONFIG_VERSION
+    return data
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    optional = "None" in kind
+    if value is None or (optional and value == ""):
+        if optional:
+            return None
+        raise ConfigError(f"{_label(f)} must be set.")
+    base = kind.replace("| None", "").strip()
+    try:
+        if base == "bool":
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in {"1", "true", "yes", "on"}:
+                    return True
+                if lowered in {"0", "false", "no", "off"}:
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if base == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base == "float":
+            return float(value)
+        if base == "str":
+            return str(value)
+        enum_type = _ENUMS.get(base)
+        if enum_type is not None:
+            return enum_type(value.value if isinstance(value, enum.Enum) else str(value).lower())
+    except (TypeError, ValueError):
+        allowed = ""
+        enum_type = _ENUMS.get(base)
+        if enum_type is not None:
+            allowed = " (one of: " + ", ".join(m.value for m in enum_type) + ")"
+        raise ConfigError(f"{_label(f)}: {value!r} is not a valid value{allowed}.") from None
+    return value
+
+
+_ENUMS: dict[str, type[enum.Enum]] = {
+    "MixedPrecision": MixedPrecision,
+    "ModelFamily": ModelFamily,
+    "LrScheduler": LrScheduler,
+}
+
+
+def coerce_config(data: Mapping[str, Any]) -> LoraConfig:
+    """Build a validated :class:`LoraConfig` from loosely typed values (strings from a form,
+    a CLI or a TOML file)."""
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"Unknown config setting(s): {', '.join(unknown)}.")
+    kwargs = {name: _coerce(FIELDS[name], value) for name, value in data.items()}
+    return LoraConfig(**kwargs).validate()
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named starting point for :class:`LoraConfig`."""
+
+    key: str
+    label: str
+    description: str
+    factory: Callable[[], LoraConfig]
+
+
+PRESETS: dict[str, Preset] = {
+    p.key: p
+    for p in (
+        Preset("sdxl", "SDXL", "Rank 32, 1024 px, 10 epochs, bf16.", LoraConfig.sdxl_preset),
+        Preset("sd15", "SD 1.5", "Rank 16, 512 px, 15 epochs, fp16.", LoraConfig.sd15_preset),
+        Preset("flux", "Flux", "Rank 16, 1024 px, 10 epochs, bf16.", LoraConfig.flux_preset),
+        Preset("sd35", "SD 3.5", "Rank 16, 1024 px, 10 epochs, bf16.", LoraConfig.sd35_preset),
+        Preset("fast", "Fast", "Rank 8, 512 px, 5 epochs: quick iteration.", LoraConfig.fast_preset),
+        Preset(
+            "high_quality",
+            "High quality",
+            "Rank 64, 768 px, 20 epochs, trains the text encoder too.",
+            LoraConfig.high_quality_preset,
+        ),
+    )
+}

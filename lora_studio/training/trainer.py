@@ -1,0 +1,537 @@
+"""The local trainer: diffusers + peft + accelerate, headless.
+
+``Trainer(request, callbacks, commands).train()`` runs one LoRA training to the end and
+returns a :class:`TrainResult`. It knows nothing about Qt or the CLI: hosts (the GUI's
+QThread, the CLI, a test) pass a ``callbacks`` object that receives :class:`Progress`
+snapshots and log lines, and a :class:`TrainerCommands` they use to ask it to stop. The
+stop request is checked after every optimizer step (and between cached images), so Cancel
+takes effect within one step; the LoRA as trained so far is saved.
+
+The loop (one optimizer step):
+    latents  ~ cached VAE posterior  (sampled, x scaling_factor)
+    noise    ~ N(0, I);  t ~ U{0, T-1}
+    noisy    = scheduler.add_noise(latents, noise, t)
+    target   = noise (epsilon) | scheduler.get_velocity(latents, noise, t) (v-prediction)
+    loss     = MSE(unet(noisy, t, text_embedding), target)
+Only the LoRA parameters (peft, fp32) are trained, with AdamW.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lora_studio.core.base_model import BaseModelRef, ModelKind, resolve_base_model
+from lora_studio.core.config import LoraConfig, MixedPrecision
+from lora_studio.core.dataset import ImageItem, check_image, training_caption
+from lora_studio.core.errors import (
+    ModelError,
+    OutputError,
+    TrainingCancelled,
+    TrainingError,
+)
+from lora_studio.core.estimates import plan_steps
+from lora_studio.core.jobs import LOG_TAIL, MAX_HISTORY, JobStatus, Progress
+from lora_studio.core.request import TrainingRequest
+from lora_studio.training.export import (
+    RunFacts,
+    check_writable,
+    kohya_metadata,
+    peft_to_kohya,
+    save_kohya_lora,
+    unique_output_path,
+)
+from lora_studio.training.families import get_family
+from lora_studio.training.images import load_training_image
+from lora_studio.training.tiny import ensure_builtin_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from lora_studio.training.families.base import Components, Family
+
+log = logging.getLogger(__name__)
+
+
+class TrainerCallbacks(Protocol):
+    """What a host receives from a running :class:`Trainer` (called on the trainer's thread)."""
+
+    def on_progress(self, progress: Progress) -> None: ...
+
+    def on_log(self, line: str) -> None: ...
+
+
+class TrainerCommands:
+    """What a host can ask of a running :class:`Trainer`; safe to call from any thread."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_path: Path
+    steps: int
+    final_loss: float | None
+    cancelled: bool
+    config_path: Path | None = None
+
+
+class _NullCallbacks:
+    def on_progress(self, progress: Progress) -> None:
+        pass
+
+    def on_log(self, line: str) -> None:
+        pass
+
+
+def pick_device() -> str:
+    """``LORA_STUDIO_DEVICE`` if set, else CUDA, then Apple MPS, then CPU."""
+    import torch
+
+    forced = os.environ.get("LORA_STUDIO_DEVICE")
+    if forced:
+        return forced
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _fresh_accelerator(mixed_precision: str, grad_accum: int, cpu: bool) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate keeps process-wide singleton state that refuses a second Accelerator with
+    # other settings; a desktop app trains many runs in one process, so start each afresh.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return Accelerator(
+        mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu
+    )
+
+
+class Trainer:
+    """Trains one LoRA for a :class:`TrainingRequest` (see the module docstring)."""
+
+    def __init__(
+        self,
+        request: TrainingRequest,
+        callbacks: TrainerCallbacks | None = None,
+        commands: TrainerCommands | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.request = request
+        self.config: LoraConfig = request.config.validate()
+        self.callbacks = callbacks or _NullCallbacks()
+        self.commands = commands or TrainerCommands()
+        self._device_name = device
+        self._progress = Progress(status=JobStatus.PREPARING)
+        self._log_tail: deque[str] = deque(maxlen=LOG_TAIL)
+        self._losses: list[float] = []
+
+    # ---- reporting -------------------------------------------------------------------
+
+    def _log(self, message: str, level: int = logging.INFO) -> None:
+        log.log(level, message)
+        line = time.strftime("%H:%M:%S ") + message
+        self._log_tail.append(line)
+        try:
+            self.callbacks.on_log(line)
+        except Exception:  # a broken host must not kill training, but must be seen
+            log.exception("on_log callback failed")
+
+    def _publish(self, **changes: Any) -> None:
+        changes.setdefault("log_tail", tuple(list(self._log_tail)[-50:]))
+        self._progress = self._progress.evolve(**changes)
+        try:
+            self.callbacks.on_progress(self._progress)
+        except Exception:
+            log.exception("on_progress callback failed")
+
+    def _check_stop(self) -> None:
+        if self.commands.stop_requested:
+            raise TrainingCancelled("Training was cancelled.")
+
+    # ---- the run ---------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        """Run the training; returns where the LoRA was written.
+
+        Raises:
+            ModelError, OutputError, TrainingError: with a user-facing message.
+            TrainingCancelled: only if cancelled before any step ran (nothing to save).
+        """
+        started = time.time()
+        try:
+            return self._train(started)
+        except TrainingCancelled:
+            self._publish(status=JobStatus.CANCELLED, message="Cancelled before training began")
+            raise
+        except (ModelError, OutputError, TrainingError) as exc:
+            self._publish(status=JobStatus.FAILED, error=str(exc), message="Failed")
+            raise
+        except MemoryError:
+            msg = "Out of memory. Lower the resolution, batch size or rank."
+            self._publish(status=JobStatus.FAILED, error=msg, message="Failed")
+            raise TrainingError(msg) from None
+        except RuntimeError as exc:
+            text = str(exc)
+            if "out of memory" in text.lower():
+                msg = (
+                    "The GPU ran out of memory. Lower the resolution, batch size or rank, "
+                    "or pick the Fast preset."
+                )
+            else:
+                msg = f"Training failed: {text.splitlines()[0] if text else type(exc).__name__}"
+            log.exception("training failed")
+            self._publish(status=JobStatus.FAILED, error=msg, message="Failed")
+            raise TrainingError(msg) from exc
+
+    def _train(self, started: float) -> TrainResult:
+        import torch
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig as PeftLoraConfig
+        from peft.utils import get_peft_model_state_dict
+
+        config = self.config
+        request = self.request
+        self._publish(status=JobStatus.PREPARING, message="Checking the output folder")
+        check_writable(request.output_dir)
+
+        ref = resolve_base_model(request.base_model)
+        if ref.family is None:
+            raise ModelError(f"Cannot tell which model family {ref.ref} belongs to.")
+        family = get_family(ref.family)
+        local_path = self._materialise(ref)
+
+        device_name = self._device_name or pick_device()
+        on_cpu = device_name == "cpu"
+        precision = config.mixed_precision.value
+        if device_name != "cuda" and config.mixed_precision is not MixedPrecision.NO:
+            self._log(
+                f"{config.mixed_precision.value} mixed precision needs a CUDA GPU; training "
+                f"in fp32 on {device_name}."
+            )
+            precision = "no"
+        accelerator = _fresh_accelerator(precision, config.gradient_accumulation_steps, on_cpu)
+        device = torch.device(device_name) if not on_cpu else accelerator.device
+        weight_dtype = {
+            "fp16": torch.float16,
+            "bf16": torch.bfloat16,
+        }.get(precision, torch.float32)
+        generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+
+        items = self._usable_items()
+        plan = plan_steps(
+            sum(item.repeats or config.repeats for item in items), config
+        )
+        total_steps = plan.total_steps
+        self._publish(total_steps=total_steps, total_epochs=plan.epochs)
+        self._log(
+            f"{len(items)} images, {plan.samples_per_epoch} samples per epoch, "
+            f"{total_steps} steps ({plan.epochs} epochs) at {config.resolution} px on "
+            f"{device_name}"
+        )
+
+        self._publish(message=f"Loading {ref.display_name}")
+        self._log(f"Loading base model {ref.ref}")
+        comps = family.load(ref, local_path)
+        self._check_stop()
+        comps.vae.requires_grad_(False)
+        comps.text_encoder.requires_grad_(False)
+        comps.denoiser.requires_grad_(False)
+        comps.vae.to(device, dtype=torch.float32 if on_cpu else weight_dtype)
+        comps.denoiser.to(device, dtype=weight_dtype)
+        comps.text_encoder.to(device, dtype=weight_dtype)
+
+        latents_mean, latents_std = self._cache_latents(comps, items, device)
+        captions = [training_caption(item, config.trigger_word) for item in items]
+        input_ids = family.tokenize(comps, captions)
+        cached_embeddings: torch.Tensor | None = None
+        if not config.train_text_encoder:
+            self._publish(message="Caching text embeddings")
+            with torch.no_grad():
+                embeddings = [
+                    family.encode_tokens(comps.text_encoder, input_ids[i : i + 8].to(device)).to("cpu")
+                    for i in range(0, len(items), 8)
+                ]
+            cached_embeddings = torch.cat(embeddings)
+            comps.text_encoder.to("cpu")
+        comps.vae.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        self._check_stop()
+
+        # LoRA layers: peft adapters on the attention projections, trained in fp32.
+        comps.denoiser.add_adapter(
+            PeftLoraConfig(
+                r=config.rank,
+                lora_alpha=config.alpha,
+                init_lora_weights="gaussian",
+                target_modules=list(family.unet_target_modules),
+            )
+        )
+        param_groups = [
+            {
+                "params": [p for p in comps.denoiser.parameters() if p.requires_grad],
+                "lr": config.learning_rate,
+            }
+        ]
+        if config.train_text_encoder:
+            comps.text_encoder.add_adapter(
+                PeftLoraConfig(
+                    r=config.rank,
+                    lora_alpha=config.alpha,
+                    init_lora_weights="gaussian",
+                    target_modules=list(family.text_encoder_target_modules),
+                )
+            )
+            comps.text_encoder.train()
+            param_groups.append(
+                {
+                    "params": [p for p in comps.text_encoder.parameters() if p.requires_grad],
+                    "lr": config.effective_text_encoder_lr,
+                }
+            )
+        if precision != "no":
+            cast_training_params(comps.denoiser, dtype=torch.float32)
+            if config.train_text_encoder:
+                cast_training_params(comps.text_encoder, dtype=torch.float32)
+        comps.denoiser.train()
+        trainable = [p for group in param_groups for p in group["params"]]
+        self._log(f"Training {sum(p.numel() for p in trainable):,} LoRA parameters (rank {config.rank})")
+
+        optimizer = torch.optim.AdamW(param_groups, weight_decay=1e-2)
+        lr_scheduler = get_scheduler(
+            config.lr_scheduler.value,
+            optimizer=optimizer,
+            num_warmup_steps=config.lr_warmup_steps,
+            num_training_steps=max(1, total_steps),
+        )
+        modules: list[Any] = [comps.denoiser, optimizer]
+        if config.train_text_encoder:
+            modules.append(comps.text_encoder)
+        prepared = accelerator.prepare(*modules)
+        denoiser, optimizer = prepared[0], prepared[1]
+        text_encoder = prepared[2] if config.train_text_encoder else comps.text_encoder
+
+        noise_scheduler = comps.noise_scheduler
+        num_timesteps = int(noise_scheduler.config.num_train_timesteps)
+        scaling = float(getattr(comps.vae.config, "scaling_factor", 0.18215))
+        samples = [
+            index
+            for index, item in enumerate(items)
+            for _ in range(item.repeats or config.repeats)
+        ]
+
+        step = 0
+        epoch = 0
+        cancelled = False
+        loop_started = time.time()
+        self._publish(status=JobStatus.RUNNING, message="Training", step=0)
+        self._log("Training started")
+        accumulated: list[float] = []
+        while step < total_steps and not cancelled:
+            epoch += 1
+            order = torch.randperm(len(samples), generator=generator).tolist()
+            batches = [
+                [samples[i] for i in order[start : start + config.batch_size]]
+                for start in range(0, len(order), config.batch_size)
+            ]
+            for batch in batches:
+                index = torch.tensor(batch)
+                with accelerator.accumulate(*([denoiser, text_encoder] if config.train_text_encoder else [denoiser])):
+                    mean = latents_mean[index].to(device)
+                    std = latents_std[index].to(device)
+                    eps = torch.randn(mean.shape, generator=generator).to(device)
+                    latents = (mean + std * eps) * scaling
+                    noise = torch.randn(latents.shape, generator=generator).to(device)
+                    timesteps = torch.randint(
+                        0, num_timesteps, (latents.shape[0],), generator=generator
+                    ).to(device)
+                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                    if comps.prediction_type == "v_prediction":
+                        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                    else:
+                        target = noise
+                    if cached_embeddings is not None:
+                        cond = cached_embeddings[index].to(device, dtype=weight_dtype)
+                    else:
+                        cond = family.encode_tokens(text_encoder, input_ids[index].to(device))
+                    with accelerator.autocast():
+                        pred = denoiser(noisy.to(weight_dtype), timesteps, cond).sample
+                    loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"The loss became {loss.item()} at step {step + 1}. Lower the "
+                            f"learning rate, or train in bf16/fp32 instead of fp16."
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(trainable, 1.0)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    accumulated.append(float(loss.detach().item()))
+                if not accelerator.sync_gradients:
+                    continue
+                lr_scheduler.step()
+                step += 1
+                step_loss = sum(accumulated) / len(accumulated)
+                accumulated.clear()
+                self._losses.append(step_loss)
+                self._report_step(step, total_steps, epoch, step_loss, loop_started, lr_scheduler)
+                if self.commands.stop_requested:
+                    cancelled = True
+                    self._log(f"Cancel requested: stopping after step {step}")
+                    break
+                if step >= total_steps:
+                    break
+
+        self._publish(status=JobStatus.SAVING, message="Saving the LoRA")
+        unet_state = get_peft_model_state_dict(accelerator.unwrap_model(denoiser))
+        te_state = (
+            get_peft_model_state_dict(accelerator.unwrap_model(text_encoder))
+            if config.train_text_encoder
+            else None
+        )
+        tensors = peft_to_kohya(
+            unet_state, te_state, alpha=config.alpha, text_encoder_prefix=family.text_encoder_prefix
+        )
+        name = config.name if not cancelled else f"{config.name}-step{step:05d}"
+        out_path = unique_output_path(request.output_dir, name)
+        facts = RunFacts(
+            base_model_version=ref.version or "sd_v1",
+            base_model_name=ref.display_name,
+            num_train_images=len(items),
+            num_reg_images=0,
+            max_train_steps=total_steps,
+            steps_done=step,
+            epochs=epoch,
+            started_at=started,
+            finished_at=time.time(),
+            mixed_precision=precision,
+        )
+        meta = kohya_metadata(config, request.dataset, facts, out_path.stem)
+        save_kohya_lora(out_path, tensors, meta)
+        config_path = out_path.with_suffix(".toml")
+        try:
+            config.replace(name=out_path.stem).save(config_path)
+        except OSError:
+            config_path = None  # the LoRA itself is saved; a missing sidecar is not fatal
+        final_loss = self._losses[-1] if self._losses else None
+        status = JobStatus.CANCELLED if cancelled else JobStatus.SUCCEEDED
+        verb = "Cancelled; saved the LoRA so far to" if cancelled else "Saved"
+        self._log(f"{verb} {out_path}")
+        self._publish(
+            status=status,
+            message="Cancelled" if cancelled else "Done",
+            output_path=str(out_path),
+            eta_s=0.0,
+        )
+        accelerator.free_memory()
+        return TrainResult(out_path, step, final_loss, cancelled, config_path)
+
+    # ---- pieces ------------------------------------------------------------------------
+
+    def _materialise(self, ref: BaseModelRef) -> Path:
+        if ref.kind is ModelKind.BUILTIN:
+            name = ref.ref.split(":", 1)[1]
+            if not (ref.path / "model_index.json").exists():
+                self._publish(message="Building the built-in tiny model (first run only)")
+                self._log(f"Building {ref.ref} in {ref.path}")
+            return ensure_builtin_model(name)
+        return ref.path
+
+    def _usable_items(self) -> list[ImageItem]:
+        items: list[ImageItem] = []
+        for item in self.request.dataset.images:
+            reason = check_image(item.path)
+            if reason:
+                self._log(f"Skipping {item.name}: {reason}", logging.WARNING)
+                continue
+            items.append(item)
+        if not items:
+            raise TrainingError("None of the dataset's images can be read, so there is nothing to train on.")
+        return items
+
+    def _cache_latents(
+        self, comps: Components, items: list[ImageItem], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        means: list[torch.Tensor] = []
+        stds: list[torch.Tensor] = []
+        vae = comps.vae
+        dtype = next(vae.parameters()).dtype
+        for number, item in enumerate(items, start=1):
+            self._check_stop()
+            self._publish(message=f"Caching latents {number}/{len(items)}")
+            pixels = load_training_image(item.path, self.config.resolution)
+            with torch.no_grad():
+                dist = vae.encode(pixels.unsqueeze(0).to(device, dtype=dtype)).latent_dist
+            means.append(dist.mean.float().cpu())
+            stds.append(dist.std.float().cpu())
+        self._log(f"Cached latents of {len(items)} images")
+        return torch.cat(means), torch.cat(stds)
+
+    def _report_step(
+        self,
+        step: int,
+        total: int,
+        epoch: int,
+        loss: float,
+        loop_started: float,
+        lr_scheduler: Any,
+    ) -> None:
+        elapsed = time.time() - loop_started
+        rate = step / elapsed if elapsed > 0 else None
+        eta = (total - step) / rate if rate else None
+        history = self._losses
+        if len(history) > MAX_HISTORY:
+            stride = math.ceil(len(history) / MAX_HISTORY)
+            history = history[::stride]
+        lr = float(lr_scheduler.get_last_lr()[0])
+        if step == 1 or step == total or step % max(1, total // 20) == 0:
+            self._log(f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}")
+        self._publish(
+            step=step,
+            epoch=epoch,
+            loss=loss,
+            loss_history=tuple(history),
+            learning_rate=lr,
+            elapsed_s=elapsed,
+            eta_s=eta,
+            samples_per_s=(
+                rate * self.config.batch_size * self.config.gradient_accumulation_steps
+                if rate
+                else None
+            ),
+            message=f"Training: epoch {epoch}",
+        )
+
+
+def run_training(
+    request: TrainingRequest,
+    callbacks: TrainerCallbacks | None = None,
+    commands: TrainerCommands | None = None,
+) -> TrainResult:
+    """Convenience: build a :class:`Trainer` and run it."""
+    return Trainer(request, callbacks, commands).train()
