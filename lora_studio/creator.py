@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lora_studio.backends.base import BackendConfig, TrainingBackend
 from lora_studio.backends.local import LocalBackend
+from lora_studio.core.atomic import ensure_writable_dir
 from lora_studio.core.base_model import (
     DEFAULT_BASE_MODEL,
     BaseModelRef,
@@ -35,7 +36,6 @@ from lora_studio.core.errors import (
     ConfigError,
     DatasetError,
     LoraStudioError,
-    OutputError,
 )
 from lora_studio.core.estimates import Estimate, estimate
 from lora_studio.core.jobs import BackendType, Job, JobStore, Progress
@@ -169,7 +169,10 @@ class LoraCreator:
         return self.dataset
 
     def build_request(self) -> TrainingRequest:
-        """Check everything that can be checked cheaply and snapshot the inputs."""
+        """Check everything that can be checked cheaply and snapshot the inputs.
+
+        Touches the disk (model folder, output folder): call it off the GUI thread.
+        """
         dataset = self._require_dataset()
         if len(dataset) == 0:
             raise DatasetError("The dataset has no images.")
@@ -177,8 +180,7 @@ class LoraCreator:
         if problems:
             raise ConfigError(" ".join(problems))
         resolve_base_model(self.base_model)  # raises ModelError with advice
-        if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise OutputError(f"The output path {self.output_dir} is a file, not a folder.")
+        ensure_writable_dir(self.output_dir)
         return TrainingRequest(
             dataset=dataset.snapshot(),
             config=self.config,
@@ -188,7 +190,8 @@ class LoraCreator:
 
     async def train(self) -> Job:
         """Submit a training job to the backend (local by default) and return it."""
-        request = self.build_request()
+        # Off the event loop: resolving the model and probing the output folder touch disk.
+        request = await asyncio.to_thread(self.build_request)
         backend = self._backend()
         job = await backend.submit(request)
         self._jobs[job.id] = (job, backend)

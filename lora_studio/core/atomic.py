@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from lora_studio.core.errors import OutputError
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and return the path.
@@ -61,3 +63,24 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def ensure_writable_dir(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure a file can be written there.
+
+    Raises:
+        OutputError: with the reason (a file in the way, permission denied, read-only
+            file system, ...).
+    """
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"The output path {folder} is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".lora-studio-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot write to the output folder {folder}: {exc.strerror or exc}. "
+            f"Choose another output folder."
+        ) from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import time
 from collections.abc import Mapping
@@ -64,7 +63,9 @@ def peft_to_kohya(
 
     combined: dict[str, torch.Tensor] = {f"unet.{k}": v for k, v in unet_lora.items()}
     if text_encoder_lora:
-        combined.update({f"text_encoder.{k}": v for k, v in text_encoder_lora.items()})
+        combined.update(
+            {f"text_encoder.{_clip_path(k)}": v for k, v in text_encoder_lora.items()}
+        )
     kohya = convert_state_dict_to_kohya(combined)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in kohya.items():
@@ -76,6 +77,12 @@ def peft_to_kohya(
             tensor = tensor.detach().to("cpu").contiguous()
         out[key] = tensor
     return out
+
+
+def _clip_path(key: str) -> str:
+    # kohya/A1111/ComfyUI name CLIP text-encoder modules from the CLIPTextModel root,
+    # "text_model.encoder.layers.N..."; transformers 5 dropped the "text_model" level.
+    return key if key.startswith("text_model.") else f"text_model.{key}"
 
 
 def kohya_metadata(
@@ -195,21 +202,3 @@ def unique_output_path(folder: Path, name: str, suffix: str = ".safetensors") ->
         candidate = folder / f"{name}_{counter}{suffix}"
         counter += 1
     return candidate
-
-
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` if needed and make sure a file can be written there.
-
-    Raises:
-        OutputError: with the reason (permission denied, read-only file system, ...).
-    """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".lora-studio-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(
-            f"Cannot write to the output folder {folder}: {exc.strerror or exc}. "
-            f"Choose another output folder."
-        ) from None

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lora_studio.core.atomic import ensure_writable_dir
 from lora_studio.core.base_model import BaseModelRef, ModelKind, resolve_base_model
 from lora_studio.core.config import LoraConfig, MixedPrecision
 from lora_studio.core.dataset import ImageItem, check_image, training_caption
@@ -42,7 +43,6 @@ from lora_studio.core.jobs import LOG_TAIL, MAX_HISTORY, JobStatus, Progress
 from lora_studio.core.request import TrainingRequest
 from lora_studio.training.export import (
     RunFacts,
-    check_writable,
     kohya_metadata,
     peft_to_kohya,
     save_kohya_lora,
@@ -111,6 +111,18 @@ def pick_device() -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _quiet_libraries() -> None:
+    """Keep diffusers/transformers from printing their own progress bars and notices; the
+    trainer reports progress itself, and a GUI has no console to print them to."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
 
 
 def _fresh_accelerator(mixed_precision: str, grad_accum: int, cpu: bool) -> Any:
@@ -208,12 +220,14 @@ class Trainer:
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import cast_training_params
         from peft import LoraConfig as PeftLoraConfig
+        from peft import inject_adapter_in_model
         from peft.utils import get_peft_model_state_dict
 
+        _quiet_libraries()
         config = self.config
         request = self.request
         self._publish(status=JobStatus.PREPARING, message="Checking the output folder")
-        check_writable(request.output_dir)
+        ensure_writable_dir(request.output_dir)
 
         ref = resolve_base_model(request.base_model)
         if ref.family is None:
@@ -258,9 +272,9 @@ class Trainer:
         comps.vae.requires_grad_(False)
         comps.text_encoder.requires_grad_(False)
         comps.denoiser.requires_grad_(False)
-        comps.vae.to(device, dtype=torch.float32 if on_cpu else weight_dtype)
-        comps.denoiser.to(device, dtype=weight_dtype)
-        comps.text_encoder.to(device, dtype=weight_dtype)
+        _place(comps.vae, device, torch.float32 if on_cpu else weight_dtype)
+        _place(comps.denoiser, device, weight_dtype)
+        _place(comps.text_encoder, device, weight_dtype)
 
         latents_mean, latents_std = self._cache_latents(comps, items, device)
         captions = [training_caption(item, config.trigger_word) for item in items]
@@ -296,13 +310,16 @@ class Trainer:
             }
         ]
         if config.train_text_encoder:
-            comps.text_encoder.add_adapter(
+            # peft's own injection, not transformers' add_adapter: the latter demands
+            # newer peft releases than diffusers needs, for the same result.
+            inject_adapter_in_model(
                 PeftLoraConfig(
                     r=config.rank,
                     lora_alpha=config.alpha,
                     init_lora_weights="gaussian",
                     target_modules=list(family.text_encoder_target_modules),
-                )
+                ),
+                comps.text_encoder,
             )
             comps.text_encoder.train()
             param_groups.append(
@@ -526,6 +543,14 @@ class Trainer:
             ),
             message=f"Training: epoch {epoch}",
         )
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    current = next(module.parameters()).dtype
+    if current == dtype:
+        module.to(device)
+    else:
+        module.to(device, dtype=dtype)
 
 
 def run_training(

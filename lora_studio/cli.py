@@ -1,0 +1,401 @@
+"""``lora-studio``: the command line.
+
+    lora-studio                         open the desktop app (same as ``lora-studio gui``)
+    lora-studio train DATASET_DIR ...   train a LoRA headless, with a progress bar
+    lora-studio estimate DATASET_DIR    steps, time and VRAM for a config, without training
+    lora-studio dataset stats DIR       dataset statistics (``--json`` for scripts)
+    lora-studio models make-tiny DIR    write the tiny random-weight model as a diffusers folder
+
+Every setting of the preset form is a ``train`` flag, generated from
+:class:`~lora_studio.core.config.LoraConfig`'s field metadata, so help texts and limits
+stay in one place. Precedence: ``--preset`` or ``--config FILE`` first, then flags.
+
+Exit codes: 0 done, 1 a user-facing error (one line on stderr), 2 bad usage,
+130 cancelled with Ctrl+C (the LoRA trained so far is still saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lora_studio import __version__
+from lora_studio.core.base_model import DEFAULT_BASE_MODEL, ModelKind, resolve_base_model
+from lora_studio.core.config import FIELDS, PRESETS, LoraConfig, ModelFamily
+from lora_studio.core.dataset import Dataset
+from lora_studio.core.errors import ConfigError, LoraStudioError
+from lora_studio.core.estimates import format_duration
+from lora_studio.core.jobs import JobStatus, Progress
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+_FAMILY_PRESET = {
+    ModelFamily.SD15: "sd15",
+    ModelFamily.SDXL: "sdxl",
+    ModelFamily.SD3: "sd35",
+    ModelFamily.FLUX: "flux",
+}
+# Flags users type often get a short alias as well.
+_ALIASES = {"gradient_accumulation_steps": ["--grad-accum"], "name": ["--output-name"]}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per user-facing :class:`LoraConfig` field, help and limits from metadata."""
+    group = parser.add_argument_group("training settings (override the preset/config)")
+    for f in dataclasses.fields(LoraConfig):
+        meta = f.metadata
+        if not meta.get("flag", True):
+            continue
+        help_text = str(meta.get("help", ""))
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and hi is not None:
+            help_text += f" [{lo:g}-{hi:g}]"
+        kind = str(f.type)
+        names = [_flag(f.name), *_ALIASES.get(f.name, [])]
+        if kind == "bool":
+            group.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                help=help_text,
+            )
+            continue
+        enum_type = {"MixedPrecision", "ModelFamily", "LrScheduler"} & {kind}
+        choices = None
+        if enum_type:
+            enum_cls: type[enum.Enum] = type(getattr(LoraConfig(), f.name))
+            choices = [m.value for m in enum_cls]
+        group.add_argument(
+            *names, dest=f.name, default=None, choices=choices, metavar=None if choices else
+            f.name.split("_")[-1].upper(), help=help_text,
+        )
+
+
+def config_from_args(args: argparse.Namespace, family: ModelFamily | None) -> LoraConfig:
+    """Preset or config file, then every flag the user gave."""
+    if args.config and args.preset:
+        raise ConfigError("Give either --preset or --config, not both.")
+    if args.config:
+        base = LoraConfig.load(args.config)
+    else:
+        preset = args.preset or (_FAMILY_PRESET.get(family) if family else None) or "sd15"
+        base = LoraConfig.from_preset(preset)
+    overrides: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in FIELDS
+        if getattr(args, name, None) is not None
+    }
+    if "max_steps" in overrides and str(overrides["max_steps"]).strip() in ("0", "off", "none"):
+        overrides["max_steps"] = None
+    return base.replace(**overrides) if overrides else base.validate()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-studio",
+        description="Make LoRA adapters for SD 1.5, SDXL, SD 3.5 and Flux. "
+        "Without a command, opens the desktop app.",
+    )
+    parser.add_argument("--version", action="version", version=f"lora-studio {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gui = sub.add_parser("gui", help="open the desktop app")
+    gui.add_argument("dataset", nargs="?", help="dataset folder to open")
+    gui.add_argument("--base-model", help=f"base model (default {DEFAULT_BASE_MODEL})")
+
+    for name, help_text in (
+        ("train", "train a LoRA headless"),
+        ("estimate", "show steps, time and VRAM for a training config"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("dataset", help="dataset folder (images with .txt captions)")
+        cmd.add_argument(
+            "--base-model",
+            default=DEFAULT_BASE_MODEL,
+            help="diffusers folder, .safetensors checkpoint, HF id in your cache, or "
+            f"{DEFAULT_BASE_MODEL} (default)",
+        )
+        cmd.add_argument(
+            "--preset", choices=sorted(PRESETS), help="start from this preset (default: by model family)"
+        )
+        cmd.add_argument("--config", type=Path, help="start from a saved TOML config")
+        add_config_flags(cmd)
+        if name == "train":
+            cmd.add_argument(
+                "--output", "-o", type=Path, default=None,
+                help="output folder (default: ~/Documents/LoRA Studio/outputs)",
+            )
+            cmd.add_argument("--save-config", type=Path, help="also write the effective config here")
+            cmd.add_argument(
+                "--quiet", "-q", action="store_true", help="print only the output path"
+            )
+        else:
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dataset = sub.add_parser("dataset", help="dataset tools")
+    dsub = dataset.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    stats = dsub.add_parser("stats", help="print dataset statistics")
+    stats.add_argument("dataset", help="dataset folder")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+
+    models = sub.add_parser("models", help="base-model tools")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    tiny = msub.add_parser("make-tiny", help="write a tiny random-weight model (diffusers folder)")
+    tiny.add_argument("dir", type=Path, help="folder to create")
+    tiny.add_argument("--family", default="sd15", choices=[f.value for f in ModelFamily])
+    info = msub.add_parser("info", help="what LoRA Studio makes of a base-model reference")
+    info.add_argument("ref", help="folder, .safetensors file, HF id or builtin:NAME")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command in (None, "gui"):
+            from lora_studio.gui.app import run_gui  # noqa: PLC0415 - Qt only when needed
+
+            return run_gui(getattr(args, "dataset", None), getattr(args, "base_model", None))
+        if args.command == "train":
+            return _train(args)
+        if args.command == "estimate":
+            return _estimate(args)
+        if args.command == "dataset":
+            return _dataset_stats(args)
+        if args.command == "models":
+            return _models(args)
+    except LoraStudioError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_CANCELLED
+    parser.print_help()
+    return EXIT_USAGE
+
+
+def _error(message: str) -> None:
+    print(f"lora-studio: error: {message}", file=sys.stderr)
+
+
+# ---- estimate / dataset / models --------------------------------------------------------
+
+
+def _family_of(ref: str) -> tuple[ModelFamily | None, bool]:
+    resolved = resolve_base_model(ref)
+    return resolved.family, resolved.kind is ModelKind.BUILTIN
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from lora_studio.core.estimates import estimate
+
+    dataset = Dataset.from_directory(args.dataset)
+    family, tiny = _family_of(args.base_model)
+    config = config_from_args(args, family)
+    est = estimate(dataset.samples_per_epoch(config.repeats), config, family, tiny=tiny)
+    if args.json:
+        print(json.dumps({
+            "steps": est.plan.total_steps,
+            "epochs": est.plan.epochs,
+            "steps_per_epoch": est.plan.steps_per_epoch,
+            "samples_per_epoch": est.plan.samples_per_epoch,
+            "seconds": round(est.seconds, 1),
+            "vram_gb": round(est.vram_gb, 2),
+            "hardware": est.hardware,
+            "config": config.to_dict(),
+        }, indent=2))
+        return EXIT_OK
+    plan = est.plan
+    print(f"{len(dataset)} images, {plan.samples_per_epoch} samples per epoch")
+    print(f"steps:  {plan.total_steps} ({plan.epochs} epochs x {plan.steps_per_epoch} steps)")
+    print(f"time:   about {format_duration(est.seconds)} on {est.hardware}")
+    print(f"VRAM:   about {est.vram_gb:.1f} GB")
+    return EXIT_OK
+
+
+def _dataset_stats(args: argparse.Namespace) -> int:
+    dataset = Dataset.from_directory(args.dataset)
+    stats = dataset.stats()
+    if args.json:
+        data = stats.to_dict()
+        data["root"] = str(dataset.root)
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"Dataset {dataset.root}")
+    print(f"  images:          {stats.total_images}")
+    print(f"  captioned:       {stats.images_with_captions} of {stats.total_images}")
+    print(
+        f"  caption length:  {stats.avg_caption_length:.0f} characters, "
+        f"{stats.avg_caption_words:.1f} words on average"
+    )
+    print(f"  samples/epoch:   {stats.total_repeats}")
+    print("  formats:         " + ", ".join(f"{k} {v}" for k, v in sorted(stats.formats.items())))
+    print(f"  size on disk:    {stats.total_bytes / 1e6:.1f} MB")
+    if len(stats.folders) > 1:
+        print("  folders:         " + ", ".join(f"{k} ({v})" for k, v in stats.folders.items()))
+    if stats.top_tags:
+        print("  top tags:        " + ", ".join(f"{t} ({c})" for t, c in stats.top_tags[:8]))
+    for problem in stats.problems:
+        print(f"  problem:         {problem}")
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.models_command == "make-tiny":
+        from lora_studio.training.tiny import make_tiny
+
+        if args.dir.exists() and any(args.dir.iterdir()):
+            raise ConfigError(f"{args.dir} exists and is not empty; choose a new folder.")
+        path = make_tiny(args.dir, args.family)
+        print(path)
+        return EXIT_OK
+    ref = resolve_base_model(args.ref)
+    print(f"reference: {ref.ref}")
+    print(f"kind:      {ref.kind.value}")
+    print(f"path:      {ref.path}")
+    print(f"family:    {ref.family.label if ref.family else 'unknown'}")
+    if ref.version:
+        print(f"version:   {ref.version}")
+    return EXIT_OK
+
+
+# ---- train ---------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lora_studio.creator import LoraCreator
+
+    family, _tiny = _family_of(args.base_model)
+    config = config_from_args(args, family)
+    creator = LoraCreator(args.base_model, args.output).with_config(config)
+    creator.load_dataset(args.dataset)
+    if args.save_config:
+        config.save(args.save_config)
+    return asyncio.run(_train_async(creator, quiet=args.quiet))
+
+
+async def _train_async(creator: Any, *, quiet: bool) -> int:
+    report = await creator.prepare_dataset()
+    if not quiet:
+        print(f"Dataset: {report.summary()}", file=sys.stderr)
+        for name, why in report.unreadable:
+            print(f"  skipping {name}: {why}", file=sys.stderr)
+    job = await creator.train()
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+
+    def on_sigint() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            print("\nStopping after the current step (Ctrl+C again to quit now)...", file=sys.stderr)
+            loop.create_task(creator.cancel(job.id))
+        else:
+            os._exit(EXIT_CANCELLED)  # the trainer thread cannot be interrupted mid-step
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C raises KeyboardInterrupt
+        pass
+
+    display = _ProgressDisplay(quiet=quiet)
+    final: Progress | None = None
+    try:
+        async for progress in creator.watch(job.id):
+            display.update(progress)
+            final = progress
+    finally:
+        display.close()
+    assert final is not None
+    if final.status is JobStatus.SUCCEEDED and final.output_path:
+        print(final.output_path)
+        return EXIT_OK
+    if final.status is JobStatus.CANCELLED:
+        if final.output_path:
+            print(f"Cancelled; the LoRA trained so far: {final.output_path}", file=sys.stderr)
+        else:
+            _error("cancelled before training began; nothing was saved")
+        return EXIT_CANCELLED
+    _error(final.error or "training failed")
+    return EXIT_ERROR
+
+
+class _ProgressDisplay:
+    """A rich progress bar on a terminal; plain log lines otherwise (CI, pipes)."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._seen_lines: set[str] = set()
+        self._bar: Any = None
+        self._task: Any = None
+        if self.tty and not quiet:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress as RichProgress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("Preparing", total=None, loss="-", rate="")
+
+    def update(self, progress: Progress) -> None:
+        if self.quiet:
+            return
+        new_lines = [line for line in progress.log_tail if line not in self._seen_lines]
+        self._seen_lines.update(new_lines)
+        if self._bar is not None:
+            for line in new_lines:
+                self._bar.console.print(line, style="dim", highlight=False)
+            desc = progress.message or progress.status.label
+            self._bar.update(
+                self._task,
+                description=desc,
+                total=progress.total_steps or None,
+                completed=progress.step,
+                loss=f"{progress.loss:.4f}" if progress.loss is not None else "-",
+                rate=f"{progress.samples_per_s:.1f} img/s" if progress.samples_per_s else "",
+            )
+        else:
+            for line in new_lines:
+                print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
