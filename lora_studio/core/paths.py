@@ -7,12 +7,24 @@ it); ``LORA_STUDIO_CACHE`` moves only the cache (built-in models, thumbnails).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import platformdirs
 
 APP_NAME = "lora-studio"
-RESOURCES_DIR = Path(__file__).resolve().parents[2] / "resources"
+
+
+def _resources_dir() -> Path:
+    # A checkout (or editable install) has resources/ beside the package; a wheel installs
+    # them as data files under <prefix>/share/lora-studio/resources.
+    beside = Path(__file__).resolve().parents[2] / "resources"
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / APP_NAME / "resources"
+
+
+RESOURCES_DIR = _resources_dir()
 
 
 def _home() -> Path | None:
