@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import json
@@ -68,7 +69,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         names = [_flag(f.name), *_ALIASES.get(f.name, [])]
         if kind == "bool":
             group.add_argument(
-                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                *names,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=help_text,
             )
             continue
@@ -78,8 +82,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             enum_cls: type[enum.Enum] = type(getattr(LoraConfig(), f.name))
             choices = [m.value for m in enum_cls]
         group.add_argument(
-            *names, dest=f.name, default=None, choices=choices, metavar=None if choices else
-            f.name.split("_")[-1].upper(), help=help_text,
+            *names,
+            dest=f.name,
+            default=None,
+            choices=choices,
+            metavar=None if choices else f.name.split("_")[-1].upper(),
+            help=help_text,
         )
 
 
@@ -93,9 +101,7 @@ def config_from_args(args: argparse.Namespace, family: ModelFamily | None) -> Lo
         preset = args.preset or (_FAMILY_PRESET.get(family) if family else None) or "sd15"
         base = LoraConfig.from_preset(preset)
     overrides: dict[str, Any] = {
-        name: getattr(args, name)
-        for name in FIELDS
-        if getattr(args, name, None) is not None
+        name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None
     }
     if "max_steps" in overrides and str(overrides["max_steps"]).strip() in ("0", "off", "none"):
         overrides["max_steps"] = None
@@ -129,16 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
             f"{DEFAULT_BASE_MODEL} (default)",
         )
         cmd.add_argument(
-            "--preset", choices=sorted(PRESETS), help="start from this preset (default: by model family)"
+            "--preset",
+            choices=sorted(PRESETS),
+            help="start from this preset (default: by model family)",
         )
         cmd.add_argument("--config", type=Path, help="start from a saved TOML config")
         add_config_flags(cmd)
         if name == "train":
             cmd.add_argument(
-                "--output", "-o", type=Path, default=None,
+                "--output",
+                "-o",
+                type=Path,
+                default=None,
                 help="output folder (default: ~/Documents/LoRA Studio/outputs)",
             )
-            cmd.add_argument("--save-config", type=Path, help="also write the effective config here")
+            cmd.add_argument(
+                "--save-config", type=Path, help="also write the effective config here"
+            )
             cmd.add_argument(
                 "--quiet", "-q", action="store_true", help="print only the output path"
             )
@@ -211,16 +224,21 @@ def _estimate(args: argparse.Namespace) -> int:
     config = config_from_args(args, family)
     est = estimate(dataset.samples_per_epoch(config.repeats), config, family, tiny=tiny)
     if args.json:
-        print(json.dumps({
-            "steps": est.plan.total_steps,
-            "epochs": est.plan.epochs,
-            "steps_per_epoch": est.plan.steps_per_epoch,
-            "samples_per_epoch": est.plan.samples_per_epoch,
-            "seconds": round(est.seconds, 1),
-            "vram_gb": round(est.vram_gb, 2),
-            "hardware": est.hardware,
-            "config": config.to_dict(),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "steps": est.plan.total_steps,
+                    "epochs": est.plan.epochs,
+                    "steps_per_epoch": est.plan.steps_per_epoch,
+                    "samples_per_epoch": est.plan.samples_per_epoch,
+                    "seconds": round(est.seconds, 1),
+                    "vram_gb": round(est.vram_gb, 2),
+                    "hardware": est.hardware,
+                    "config": config.to_dict(),
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     plan = est.plan
     print(f"{len(dataset)} images, {plan.samples_per_epoch} samples per epoch")
@@ -305,15 +323,16 @@ async def _train_async(creator: Any, *, quiet: bool) -> int:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
-            print("\nStopping after the current step (Ctrl+C again to quit now)...", file=sys.stderr)
+            print(
+                "\nStopping after the current step (Ctrl+C again to quit now)...", file=sys.stderr
+            )
             loop.create_task(creator.cancel(job.id))
         else:
             os._exit(EXIT_CANCELLED)  # the trainer thread cannot be interrupted mid-step
 
-    try:
+    # Windows has no add_signal_handler; there Ctrl+C raises KeyboardInterrupt instead.
+    with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, on_sigint)
-    except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C raises KeyboardInterrupt
-        pass
 
     display = _ProgressDisplay(quiet=quiet)
     final: Progress | None = None
@@ -351,10 +370,12 @@ class _ProgressDisplay:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
-                Progress as RichProgress,
                 TextColumn,
                 TimeElapsedColumn,
                 TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
             )
 
             self._bar = RichProgress(

@@ -123,9 +123,7 @@ class LoraCreator:
             without_caption=sum(1 for item in dataset if not item.has_caption),
         )
         if not report.ok:
-            raise DatasetError(
-                f"None of the {len(dataset)} images in {dataset.root} can be read."
-            )
+            raise DatasetError(f"None of the {len(dataset)} images in {dataset.root} can be read.")
         return report
 
     def dataset_stats(self) -> DatasetStats | None:
@@ -236,7 +234,9 @@ class LoraCreator:
         job, backend = self._lookup(job_id)
         await backend.cancel(job)
 
-    async def download_weights(self, job_id: str, dest: str | os.PathLike[str] | None = None) -> Path:
+    async def download_weights(
+        self, job_id: str, dest: str | os.PathLike[str] | None = None
+    ) -> Path:
         job, backend = self._lookup(job_id)
         return await backend.download_weights(job, Path(dest) if dest is not None else None)
 
@@ -249,4 +249,3 @@ class LoraCreator:
     def _save(self, job: Job) -> None:
         if self.job_store is not None:
             self.job_store.save(job)
-

@@ -17,14 +17,35 @@ from lora_studio.core.config import LoraConfig
 
 def _train_args(dataset: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "train", str(dataset), "--base-model", "builtin:tiny-sd15", "--preset", "fast",
-        "--max-steps", "3", "--resolution", "64", "--output", str(out), *extra,
+        "train",
+        str(dataset),
+        "--base-model",
+        "builtin:tiny-sd15",
+        "--preset",
+        "fast",
+        "--max-steps",
+        "3",
+        "--resolution",
+        "64",
+        "--output",
+        str(out),
+        *extra,
     ]
 
 
 def test_train_prints_the_output_path_last(tiny_model, small_dataset, tmp_path, capsys) -> None:
-    code = main(_train_args(small_dataset, tmp_path / "out", "--trigger-word", "papercut style",
-                            "--rank", "4", "--name", "cli_lora"))
+    code = main(
+        _train_args(
+            small_dataset,
+            tmp_path / "out",
+            "--trigger-word",
+            "papercut style",
+            "--rank",
+            "4",
+            "--name",
+            "cli_lora",
+        )
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     path = Path(captured.out.strip().splitlines()[-1])
@@ -37,12 +58,25 @@ def test_train_prints_the_output_path_last(tiny_model, small_dataset, tmp_path, 
 
 
 def test_config_file_then_flags_override_it(tiny_model, small_dataset, tmp_path, capsys) -> None:
-    config = LoraConfig.fast_preset().replace(rank=2, alpha=2.0, resolution=64, max_steps=2, name="from_file")
+    config = LoraConfig.fast_preset().replace(
+        rank=2, alpha=2.0, resolution=64, max_steps=2, name="from_file"
+    )
     config.save(tmp_path / "run.toml")
-    code = main([
-        "train", str(small_dataset), "--config", str(tmp_path / "run.toml"), "--rank", "3",
-        "--output", str(tmp_path / "out"), "--save-config", str(tmp_path / "effective.toml"), "-q",
-    ])
+    code = main(
+        [
+            "train",
+            str(small_dataset),
+            "--config",
+            str(tmp_path / "run.toml"),
+            "--rank",
+            "3",
+            "--output",
+            str(tmp_path / "out"),
+            "--save-config",
+            str(tmp_path / "effective.toml"),
+            "-q",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.out.strip() == str(tmp_path / "out" / "from_file.safetensors")
@@ -57,21 +91,36 @@ def test_config_file_then_flags_override_it(tiny_model, small_dataset, tmp_path,
         (["train", "{empty}", "--output", "{out}"], "No images found"),
         (["train", "{data}", "--base-model", "{tmp}/nope", "--output", "{out}"], "does not exist"),
         (["train", "{data}", "--rank", "0", "--output", "{out}"], "Rank must be at least 1"),
-        (["train", "{data}", "--preset", "fast", "--config", "{tmp}/x.toml"], "either --preset or --config"),
-        (["train", "{data}", "--output", "{blocker}", "--max-steps", "1", "--resolution", "64"], "is a file, not a folder"),
+        (
+            ["train", "{data}", "--preset", "fast", "--config", "{tmp}/x.toml"],
+            "either --preset or --config",
+        ),
+        (
+            ["train", "{data}", "--output", "{blocker}", "--max-steps", "1", "--resolution", "64"],
+            "is a file, not a folder",
+        ),
         (["dataset", "stats", "{tmp}/missing"], "does not exist"),
         (["estimate", "{data}", "--config", "{tmp}/missing.toml"], "does not exist"),
     ],
 )
-def test_errors_are_one_readable_line(tiny_model, small_dataset, tmp_path, capsys, args, message) -> None:
+def test_errors_are_one_readable_line(
+    tiny_model, small_dataset, tmp_path, capsys, args, message
+) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "blocker").write_text("file", encoding="utf-8")
-    values = {"empty": tmp_path / "empty", "data": small_dataset, "out": tmp_path / "out",
-              "tmp": tmp_path, "blocker": tmp_path / "blocker"}
+    values = {
+        "empty": tmp_path / "empty",
+        "data": small_dataset,
+        "out": tmp_path / "out",
+        "tmp": tmp_path,
+        "blocker": tmp_path / "blocker",
+    }
     code = main([a.format(**values) for a in args])
     captured = capsys.readouterr()
     assert code == 1
-    error_lines = [line for line in captured.err.splitlines() if line.startswith("lora-studio: error:")]
+    error_lines = [
+        line for line in captured.err.splitlines() if line.startswith("lora-studio: error:")
+    ]
     assert len(error_lines) == 1 and message in error_lines[0], captured.err
     assert "Traceback" not in captured.err
 
@@ -91,7 +140,9 @@ def test_dataset_stats_text(sample_dataset, capsys) -> None:
 
 
 def test_estimate_json(sample_dataset, capsys) -> None:
-    assert main(["estimate", str(sample_dataset), "--preset", "fast", "--epochs", "4", "--json"]) == 0
+    assert (
+        main(["estimate", str(sample_dataset), "--preset", "fast", "--epochs", "4", "--json"]) == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["steps"] == 48 and data["hardware"] == "a 2-core CPU"
 
@@ -111,20 +162,28 @@ def test_models_make_tiny_and_info(tmp_path, capsys) -> None:
 def test_python_dash_m_entry_point(tiny_model, small_dataset, tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lora_studio", *_train_args(small_dataset, tmp_path / "out")],
-        capture_output=True, text=True, env=os.environ, timeout=300,
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "out" / "my_lora.safetensors")
 
 
-def test_ctrl_c_stops_after_the_current_step_and_keeps_the_lora(tiny_model, small_dataset, tmp_path) -> None:
+def test_ctrl_c_stops_after_the_current_step_and_keeps_the_lora(
+    tiny_model, small_dataset, tmp_path
+) -> None:
     import signal
 
     args = _train_args(small_dataset, tmp_path / "out")
     args[args.index("--max-steps") + 1] = "5000"
     proc = subprocess.Popen(
         [sys.executable, "-m", "lora_studio", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ,
     )
     assert proc.stderr is not None
     seen = []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from lora_studio.core.config import LoraConfig
@@ -15,8 +13,10 @@ from lora_studio.creator import LoraCreator
 async def test_seed_quick_start_flow(tiny_model, sample_dataset, tmp_path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
     creator = LoraCreator("builtin:tiny-sd15", tmp_path / "lora_output", job_store=store)
-    config = LoraConfig.fast_preset().with_trigger_word("papercut style").replace(
-        resolution=64, max_steps=5, name="papercut"
+    config = (
+        LoraConfig.fast_preset()
+        .with_trigger_word("papercut style")
+        .replace(resolution=64, max_steps=5, name="papercut")
     )
     creator = creator.with_config(config)
     creator.load_dataset(sample_dataset)

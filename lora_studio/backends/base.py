@@ -88,6 +88,5 @@ def create_backend(config: BackendConfig) -> TrainingBackend:
 
         return LocalBackend(config)
     raise BackendError(
-        f"The {config.backend_type.value} backend is not available in this version; "
-        f"train locally."
+        f"The {config.backend_type.value} backend is not available in this version; train locally."
     )

@@ -155,7 +155,9 @@ class LocalBackend:
             raise BackendError(f"Job {job.name} has not finished yet.")
         output = run.latest.output_path
         if not output:
-            raise BackendError(f"Job {job.name} produced no LoRA ({run.latest.error or 'no output'}).")
+            raise BackendError(
+                f"Job {job.name} produced no LoRA ({run.latest.error or 'no output'})."
+            )
         source = Path(output)
         if dest is None:
             return source
@@ -239,4 +241,6 @@ def _device_status() -> BackendStatus:
         return BackendStatus(True, f"{props.name}, {vram:.0f} GB", "cuda", vram)
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return BackendStatus(True, "Apple GPU (MPS)", "mps", None)
-    return BackendStatus(True, "CPU only: fine for the built-in tiny model, slow for real models", "cpu")
+    return BackendStatus(
+        True, "CPU only: fine for the built-in tiny model, slow for real models", "cpu"
+    )

@@ -119,9 +119,7 @@ def resolve_base_model(ref: str) -> BaseModelRef:
 def _from_folder(ref: str, folder: Path) -> BaseModelRef:
     index = folder / "model_index.json"
     if not index.is_file():
-        raise ModelError(
-            f"{folder} is not a diffusers model folder (it has no model_index.json)."
-        )
+        raise ModelError(f"{folder} is not a diffusers model folder (it has no model_index.json).")
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -142,11 +140,15 @@ def _version_for(family: ModelFamily | None, folder: Path | None = None) -> str:
             except (OSError, ValueError):
                 pass
         return "sd_v1"
-    return {
-        ModelFamily.SDXL: "sdxl_base_v1-0",
-        ModelFamily.SD3: "sd3",
-        ModelFamily.FLUX: "flux1",
-    }.get(family, "") if family else ""
+    return (
+        {
+            ModelFamily.SDXL: "sdxl_base_v1-0",
+            ModelFamily.SD3: "sd3",
+            ModelFamily.FLUX: "flux1",
+        }.get(family, "")
+        if family
+        else ""
+    )
 
 
 def _from_single_file(ref: str, path: Path) -> BaseModelRef:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 
 from lora_studio.core.atomic import atomic_write_text
 from lora_studio.core.errors import ConfigError
@@ -210,7 +210,9 @@ class LoraConfig:
     batch_size: int = field(
         default=1,
         metadata=_meta(
-            "Images per forward pass. Higher needs more VRAM.", minimum=1, maximum=64,
+            "Images per forward pass. Higher needs more VRAM.",
+            minimum=1,
+            maximum=64,
             label="Batch size",
         ),
     )
@@ -254,23 +256,38 @@ class LoraConfig:
     def sdxl_preset(cls) -> LoraConfig:
         """SDXL: rank 32, alpha 32, 1024x1024, 10 epochs, bf16."""
         return cls(
-            preset="sdxl", family=ModelFamily.SDXL, rank=32, alpha=32.0, resolution=1024,
-            epochs=10, mixed_precision=MixedPrecision.BF16,
+            preset="sdxl",
+            family=ModelFamily.SDXL,
+            rank=32,
+            alpha=32.0,
+            resolution=1024,
+            epochs=10,
+            mixed_precision=MixedPrecision.BF16,
         )
 
     @classmethod
     def sd15_preset(cls) -> LoraConfig:
         """SD 1.5: rank 16, alpha 16, 512x512, 15 epochs, fp16."""
         return cls(
-            preset="sd15", family=ModelFamily.SD15, rank=16, alpha=16.0, resolution=512,
-            epochs=15, mixed_precision=MixedPrecision.FP16,
+            preset="sd15",
+            family=ModelFamily.SD15,
+            rank=16,
+            alpha=16.0,
+            resolution=512,
+            epochs=15,
+            mixed_precision=MixedPrecision.FP16,
         )
 
     @classmethod
     def fast_preset(cls) -> LoraConfig:
         """Fast iteration: rank 8, alpha 8, 512x512, 5 epochs."""
         return cls(
-            preset="fast", rank=8, alpha=8.0, resolution=512, epochs=5, learning_rate=2e-4,
+            preset="fast",
+            rank=8,
+            alpha=8.0,
+            resolution=512,
+            epochs=5,
+            learning_rate=2e-4,
             mixed_precision=MixedPrecision.FP16,
         )
 
@@ -278,25 +295,43 @@ class LoraConfig:
     def high_quality_preset(cls) -> LoraConfig:
         """High quality: rank 64, alpha 64, 768x768, 20 epochs, text-encoder training."""
         return cls(
-            preset="high_quality", rank=64, alpha=64.0, resolution=768, epochs=20,
-            train_text_encoder=True, text_encoder_lr=5e-5, lr_scheduler=LrScheduler.COSINE,
-            lr_warmup_steps=50, mixed_precision=MixedPrecision.BF16,
+            preset="high_quality",
+            rank=64,
+            alpha=64.0,
+            resolution=768,
+            epochs=20,
+            train_text_encoder=True,
+            text_encoder_lr=5e-5,
+            lr_scheduler=LrScheduler.COSINE,
+            lr_warmup_steps=50,
+            mixed_precision=MixedPrecision.BF16,
         )
 
     @classmethod
     def flux_preset(cls) -> LoraConfig:
         """Flux: rank 16, alpha 16, 1024x1024, 10 epochs, bf16, learning rate 4e-4."""
         return cls(
-            preset="flux", family=ModelFamily.FLUX, rank=16, alpha=16.0, resolution=1024,
-            epochs=10, learning_rate=4e-4, mixed_precision=MixedPrecision.BF16,
+            preset="flux",
+            family=ModelFamily.FLUX,
+            rank=16,
+            alpha=16.0,
+            resolution=1024,
+            epochs=10,
+            learning_rate=4e-4,
+            mixed_precision=MixedPrecision.BF16,
         )
 
     @classmethod
     def sd35_preset(cls) -> LoraConfig:
         """SD 3.5: rank 16, alpha 16, 1024x1024, 10 epochs, bf16."""
         return cls(
-            preset="sd35", family=ModelFamily.SD3, rank=16, alpha=16.0, resolution=1024,
-            epochs=10, mixed_precision=MixedPrecision.BF16,
+            preset="sd35",
+            family=ModelFamily.SD3,
+            rank=16,
+            alpha=16.0,
+            resolution=1024,
+            epochs=10,
+            mixed_precision=MixedPrecision.BF16,
         )
 
     @classmethod
@@ -507,7 +542,9 @@ PRESETS: dict[str, Preset] = {
         Preset("sd15", "SD 1.5", "Rank 16, 512 px, 15 epochs, fp16.", LoraConfig.sd15_preset),
         Preset("flux", "Flux", "Rank 16, 1024 px, 10 epochs, bf16.", LoraConfig.flux_preset),
         Preset("sd35", "SD 3.5", "Rank 16, 1024 px, 10 epochs, bf16.", LoraConfig.sd35_preset),
-        Preset("fast", "Fast", "Rank 8, 512 px, 5 epochs: quick iteration.", LoraConfig.fast_preset),
+        Preset(
+            "fast", "Fast", "Rank 8, 512 px, 5 epochs: quick iteration.", LoraConfig.fast_preset
+        ),
         Preset(
             "high_quality",
             "High quality",

@@ -12,6 +12,7 @@ folder of thousands of images fast.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -299,10 +300,8 @@ class Dataset:
         )
         total_bytes = 0
         for item in self.images:
-            try:
+            with contextlib.suppress(OSError):  # a file deleted since indexing
                 total_bytes += item.path.stat().st_size
-            except OSError:
-                pass
         problems = [f"{self.relative_name(i)}: {i.problem}" for i in self.images if i.problem]
         return DatasetStats(
             total_images=len(self.images),

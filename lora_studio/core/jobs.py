@@ -133,8 +133,19 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 """
 _COLUMNS = (
-    "id", "backend", "name", "base_model", "output_dir", "dataset_dir", "status",
-    "created_at", "updated_at", "config", "output_path", "error", "remote_id",
+    "id",
+    "backend",
+    "name",
+    "base_model",
+    "output_dir",
+    "dataset_dir",
+    "status",
+    "created_at",
+    "updated_at",
+    "config",
+    "output_path",
+    "error",
+    "remote_id",
 )
 
 
@@ -162,9 +173,19 @@ class JobStore:
         """Insert or update ``job``."""
         job.updated_at = time.time()
         row = (
-            job.id, job.backend.value, job.name, job.base_model, job.output_dir,
-            job.dataset_dir, job.status.value, job.created_at, job.updated_at,
-            json.dumps(job.config), job.output_path, job.error, job.remote_id,
+            job.id,
+            job.backend.value,
+            job.name,
+            job.base_model,
+            job.output_dir,
+            job.dataset_dir,
+            job.status.value,
+            job.created_at,
+            job.updated_at,
+            json.dumps(job.config),
+            job.output_path,
+            job.error,
+            job.remote_id,
         )
         placeholders = ", ".join("?" for _ in _COLUMNS)
         with self._lock, self._db:

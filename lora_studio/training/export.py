@@ -63,9 +63,7 @@ def peft_to_kohya(
 
     combined: dict[str, torch.Tensor] = {f"unet.{k}": v for k, v in unet_lora.items()}
     if text_encoder_lora:
-        combined.update(
-            {f"text_encoder.{_clip_path(k)}": v for k, v in text_encoder_lora.items()}
-        )
+        combined.update({f"text_encoder.{_clip_path(k)}": v for k, v in text_encoder_lora.items()})
     kohya = convert_state_dict_to_kohya(combined)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in kohya.items():
@@ -165,7 +163,9 @@ def _num(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(int(value)) + ".0"
 
 
-def model_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
+def model_hashes(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> tuple[str, str]:
     """sd-webui-additional-networks' ``(sshs_model_hash, sshs_legacy_hash)``.
 
     Both hash the file that the tensors and only the ``ss_*`` metadata would make, so the

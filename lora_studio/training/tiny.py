@@ -78,7 +78,7 @@ def learn_bpe(corpus: str, num_merges: int) -> list[tuple[str, str]]:
     for _ in range(num_merges):
         pairs: collections.Counter[tuple[str, str]] = collections.Counter()
         for symbols, freq in words.items():
-            for pair in zip(symbols, symbols[1:]):
+            for pair in zip(symbols, symbols[1:], strict=False):
                 pairs[pair] += freq
         if not pairs:
             break
@@ -234,9 +234,7 @@ def make_tiny(folder: str | os.PathLike[str], family: ModelFamily | str = "sd15"
     """Build the tiny model of ``family`` at ``folder`` (``models make-tiny``)."""
     fam = ModelFamily(family)
     if fam is not ModelFamily.SD15:
-        raise ModelError(
-            f"A tiny {fam.label} model cannot be built yet; only sd15 is available."
-        )
+        raise ModelError(f"A tiny {fam.label} model cannot be built yet; only sd15 is available.")
     return make_tiny_sd15(folder)
 
 

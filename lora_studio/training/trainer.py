@@ -55,7 +55,7 @@ from lora_studio.training.tiny import ensure_builtin_model
 if TYPE_CHECKING:
     import torch
 
-    from lora_studio.training.families.base import Components, Family
+    from lora_studio.training.families.base import Components
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +254,7 @@ class Trainer:
         torch.manual_seed(config.seed)
 
         items = self._usable_items()
-        plan = plan_steps(
-            sum(item.repeats or config.repeats for item in items), config
-        )
+        plan = plan_steps(sum(item.repeats or config.repeats for item in items), config)
         total_steps = plan.total_steps
         self._publish(total_steps=total_steps, total_epochs=plan.epochs)
         self._log(
@@ -284,7 +282,9 @@ class Trainer:
             self._publish(message="Caching text embeddings")
             with torch.no_grad():
                 embeddings = [
-                    family.encode_tokens(comps.text_encoder, input_ids[i : i + 8].to(device)).to("cpu")
+                    family.encode_tokens(comps.text_encoder, input_ids[i : i + 8].to(device)).to(
+                        "cpu"
+                    )
                     for i in range(0, len(items), 8)
                 ]
             cached_embeddings = torch.cat(embeddings)
@@ -334,7 +334,9 @@ class Trainer:
                 cast_training_params(comps.text_encoder, dtype=torch.float32)
         comps.denoiser.train()
         trainable = [p for group in param_groups for p in group["params"]]
-        self._log(f"Training {sum(p.numel() for p in trainable):,} LoRA parameters (rank {config.rank})")
+        self._log(
+            f"Training {sum(p.numel() for p in trainable):,} LoRA parameters (rank {config.rank})"
+        )
 
         optimizer = torch.optim.AdamW(param_groups, weight_decay=1e-2)
         lr_scheduler = get_scheduler(
@@ -354,9 +356,7 @@ class Trainer:
         num_timesteps = int(noise_scheduler.config.num_train_timesteps)
         scaling = float(getattr(comps.vae.config, "scaling_factor", 0.18215))
         samples = [
-            index
-            for index, item in enumerate(items)
-            for _ in range(item.repeats or config.repeats)
+            index for index, item in enumerate(items) for _ in range(item.repeats or config.repeats)
         ]
 
         step = 0
@@ -375,7 +375,9 @@ class Trainer:
             ]
             for batch in batches:
                 index = torch.tensor(batch)
-                with accelerator.accumulate(*([denoiser, text_encoder] if config.train_text_encoder else [denoiser])):
+                with accelerator.accumulate(
+                    *([denoiser, text_encoder] if config.train_text_encoder else [denoiser])
+                ):
                     mean = latents_mean[index].to(device)
                     std = latents_std[index].to(device)
                     eps = torch.randn(mean.shape, generator=generator).to(device)
@@ -486,7 +488,9 @@ class Trainer:
                 continue
             items.append(item)
         if not items:
-            raise TrainingError("None of the dataset's images can be read, so there is nothing to train on.")
+            raise TrainingError(
+                "None of the dataset's images can be read, so there is nothing to train on."
+            )
         return items
 
     def _cache_latents(

@@ -68,7 +68,9 @@ async def test_one_local_run_at_a_time_and_cancel(tiny_model, small_dataset, tmp
 async def test_failures_arrive_as_a_failed_progress(small_dataset, tmp_path) -> None:
     backend = LocalBackend()
     request = _request(small_dataset, tmp_path / "out")
-    request = TrainingRequest(request.dataset, request.config, str(tmp_path / "missing"), request.output_dir)
+    request = TrainingRequest(
+        request.dataset, request.config, str(tmp_path / "missing"), request.output_dir
+    )
     job = await backend.submit(request)
     seen = [p async for p in backend.watch(job)]
     assert seen[-1].status is JobStatus.FAILED
@@ -87,4 +89,6 @@ def test_factory() -> None:
     assert isinstance(backend, LocalBackend)
     with pytest.raises(BackendError, match="not available"):
         create_backend(BackendConfig(BackendType.REPLICATE, Path("out")).with_api_key("r8_secret"))
-    assert "r8_secret" not in repr(BackendConfig(BackendType.REPLICATE, Path("o"), api_key="r8_secret"))
+    assert "r8_secret" not in repr(
+        BackendConfig(BackendType.REPLICATE, Path("o"), api_key="r8_secret")
+    )

@@ -20,7 +20,9 @@ def test_atomic_write_keeps_permissions(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o640
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_leaves_the_old_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "a.txt"
     target.write_text("old", encoding="utf-8")
 
@@ -41,7 +43,9 @@ def test_core_imports_no_qt_and_no_torch() -> None:
         "{'torch', 'PySide6', 'diffusers', 'transformers', 'peft', 'accelerate'});"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -52,5 +56,7 @@ def test_domain_packages_import_no_qt() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'PySide6', 'qasync'});"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -66,9 +66,21 @@ def test_missing_paths_say_what_to_choose(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("keys", "family", "version"),
     [
-        (["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.transformer.x"], ModelFamily.SD15, "sd_v1"),
-        (["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.x"], ModelFamily.SD15, "sd_v2"),
-        (["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.x"], ModelFamily.SDXL, "sdxl_base_v1-0"),
+        (
+            ["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.transformer.x"],
+            ModelFamily.SD15,
+            "sd_v1",
+        ),
+        (
+            ["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.x"],
+            ModelFamily.SD15,
+            "sd_v2",
+        ),
+        (
+            ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.x"],
+            ModelFamily.SDXL,
+            "sdxl_base_v1-0",
+        ),
         (["model.diffusion_model.joint_blocks.0.x"], ModelFamily.SD3, "sd3"),
         (["double_blocks.0.img_attn.qkv.weight"], ModelFamily.FLUX, "flux1"),
         (["lora_unet_down_blocks_0.lora_down.weight"], None, ""),
@@ -100,7 +112,9 @@ def _touch(path: Path) -> str:
     return str(path)
 
 
-def test_hub_ids_resolve_offline_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_ids_resolve_offline_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "hf"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.chdir(tmp_path)

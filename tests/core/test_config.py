@@ -29,7 +29,12 @@ PRESET_CASES = [
 @pytest.mark.parametrize(("key", "rank", "alpha", "res", "epochs", "precision", "te"), PRESET_CASES)
 def test_presets_carry_the_seed_numbers(key, rank, alpha, res, epochs, precision, te) -> None:
     config = LoraConfig.from_preset(key)
-    assert (config.rank, config.alpha, config.resolution, config.epochs) == (rank, alpha, res, epochs)
+    assert (config.rank, config.alpha, config.resolution, config.epochs) == (
+        rank,
+        alpha,
+        res,
+        epochs,
+    )
     assert config.mixed_precision is precision
     assert config.train_text_encoder is te
     assert config.preset == key
@@ -57,8 +62,12 @@ def test_with_trigger_word_strips_and_keeps_the_rest() -> None:
 
 def test_replace_coerces_text_from_forms_and_flags() -> None:
     config = LoraConfig().replace(
-        rank="32", alpha="16.5", learning_rate="3e-4", mixed_precision="BF16",
-        train_text_encoder="yes", max_steps="",
+        rank="32",
+        alpha="16.5",
+        learning_rate="3e-4",
+        mixed_precision="BF16",
+        train_text_encoder="yes",
+        max_steps="",
     )
     assert config.rank == 32 and config.alpha == 16.5 and config.learning_rate == 3e-4
     assert config.mixed_precision is MixedPrecision.BF16

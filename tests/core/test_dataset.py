@@ -95,7 +95,9 @@ def test_caption_for_an_uncaptioned_image_creates_the_sidecar(sample_dataset: Pa
     assert item.caption_path.read_text(encoding="utf-8") == "papercut style, aurora\n"
 
 
-def test_non_utf8_caption_is_read_flagged_and_backed_up_on_save(tmp_path: Path, sample_dataset: Path) -> None:
+def test_non_utf8_caption_is_read_flagged_and_backed_up_on_save(
+    tmp_path: Path, sample_dataset: Path
+) -> None:
     tmp_path = tmp_path / "latin"
     tmp_path.mkdir()
     shutil.copy(sample_dataset / "papercut_01.png", tmp_path / "cafe.png")
@@ -143,7 +145,9 @@ def test_failed_caption_save_when_the_target_is_a_folder(sample_dataset: Path) -
 
 def test_corrupt_images_are_found_by_verify(sample_dataset: Path) -> None:
     (sample_dataset / "papercut_03.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    (sample_dataset / "truncated.png").write_bytes((sample_dataset / "papercut_04.png").read_bytes()[:2000])
+    (sample_dataset / "truncated.png").write_bytes(
+        (sample_dataset / "papercut_04.png").read_bytes()[:2000]
+    )
     dataset = Dataset.from_directory(sample_dataset)
     bad = {item.name: why for item, why in dataset.verify_images()}
     assert set(bad) == {"papercut_03.png", "truncated.png"}

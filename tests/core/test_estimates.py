@@ -30,7 +30,9 @@ def test_time_and_vram_grow_with_the_work() -> None:
     assert estimate(40, base, ModelFamily.SD15).seconds > small.seconds
     assert estimate(20, base.replace(batch_size=4), ModelFamily.SD15).vram_gb > small.vram_gb
     assert estimate(20, base.replace(rank=128), ModelFamily.SD15).vram_gb > small.vram_gb
-    assert estimate(20, base.replace(mixed_precision="no"), ModelFamily.SD15).vram_gb > small.vram_gb
+    assert (
+        estimate(20, base.replace(mixed_precision="no"), ModelFamily.SD15).vram_gb > small.vram_gb
+    )
 
 
 def test_families_are_ordered_by_size() -> None:
@@ -44,7 +46,9 @@ def test_families_are_ordered_by_size() -> None:
 
 
 def test_tiny_model_estimate_is_for_a_cpu() -> None:
-    est = estimate(12, LoraConfig.fast_preset().replace(resolution=256), ModelFamily.SD15, tiny=True)
+    est = estimate(
+        12, LoraConfig.fast_preset().replace(resolution=256), ModelFamily.SD15, tiny=True
+    )
     assert est.hardware == "a 2-core CPU"
     assert est.plan.total_steps == 60
     assert est.seconds < 60

@@ -8,8 +8,12 @@ from lora_studio.core.jobs import BackendType, Job, JobStatus, JobStore, Progres
 
 def _job(name: str = "demo") -> Job:
     return Job(
-        id=Job.new_id(), backend=BackendType.LOCAL, name=name, base_model="builtin:tiny-sd15",
-        output_dir="/tmp/out", config={"rank": 8},
+        id=Job.new_id(),
+        backend=BackendType.LOCAL,
+        name=name,
+        base_model="builtin:tiny-sd15",
+        output_dir="/tmp/out",
+        config={"rank": 8},
     )
 
 

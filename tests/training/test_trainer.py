@@ -21,9 +21,18 @@ from lora_studio.training.export import model_hashes
 from lora_studio.training.trainer import Trainer, TrainerCommands
 
 REQUIRED_METADATA = (
-    "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_base_model_version",
-    "ss_output_name", "ss_num_train_images", "ss_max_train_steps", "ss_learning_rate",
-    "ss_resolution", "ss_tag_frequency", "sshs_model_hash", "sshs_legacy_hash",
+    "ss_network_module",
+    "ss_network_dim",
+    "ss_network_alpha",
+    "ss_base_model_version",
+    "ss_output_name",
+    "ss_num_train_images",
+    "ss_max_train_steps",
+    "ss_learning_rate",
+    "ss_resolution",
+    "ss_tag_frequency",
+    "sshs_model_hash",
+    "sshs_legacy_hash",
 )
 SD15_ATTENTION_MODULES = ("to_q", "to_k", "to_v", "to_out_0")
 
@@ -33,8 +42,14 @@ TEST_CASES = [
     ("text-encoder", {"rank": 4, "alpha": 4.0, "train_text_encoder": True}, {"te": True}),
     (
         "batch-and-accumulation",
-        {"rank": 2, "alpha": 2.0, "batch_size": 2, "gradient_accumulation_steps": 2,
-         "lr_scheduler": "cosine", "lr_warmup_steps": 1},
+        {
+            "rank": 2,
+            "alpha": 2.0,
+            "batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "lr_scheduler": "cosine",
+            "lr_warmup_steps": 1,
+        },
         {"te": False},
     ),
 ]
@@ -56,10 +71,16 @@ class Recorder:
         self.lines.append(line)
 
 
-def _request(dataset_dir: Path, out: Path, base: str = "builtin:tiny-sd15", **changes) -> TrainingRequest:
+def _request(
+    dataset_dir: Path, out: Path, base: str = "builtin:tiny-sd15", **changes
+) -> TrainingRequest:
     settings = {
-        "name": "test_lora", "resolution": 64, "max_steps": 4, "learning_rate": 1e-3,
-        "trigger_word": "papercut style", **changes,
+        "name": "test_lora",
+        "resolution": 64,
+        "max_steps": 4,
+        "learning_rate": 1e-3,
+        "trigger_word": "papercut style",
+        **changes,
     }
     config = LoraConfig.fast_preset().replace(**settings)
     return TrainingRequest(Dataset.from_directory(dataset_dir), config, base, out)
@@ -75,15 +96,21 @@ def _pipeline(model: Path):
 
 def _render(pipe) -> torch.Tensor:
     out = pipe(
-        "papercut style, hills", num_inference_steps=2, height=64, width=64,
-        generator=torch.Generator().manual_seed(0), output_type="pt",
+        "papercut style, hills",
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
     )
     return out.images
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "changes", "expect"), TEST_CASES, ids=[c[0] for c in TEST_CASES])
-def test_train_then_load_into_the_pipeline(tiny_model, small_dataset, tmp_path, name, changes, expect) -> None:
+def test_train_then_load_into_the_pipeline(
+    tiny_model, small_dataset, tmp_path, name, changes, expect
+) -> None:
     recorder = Recorder()
     request = _request(small_dataset, tmp_path / "out", **changes)
     result = Trainer(request, recorder).train()
@@ -96,7 +123,10 @@ def test_train_then_load_into_the_pipeline(tiny_model, small_dataset, tmp_path, 
     assert statuses[0] is JobStatus.PREPARING and statuses[-1] is JobStatus.SUCCEEDED
     assert JobStatus.RUNNING in statuses and JobStatus.SAVING in statuses
     assert [p.step for p in recorder.progress if p.status is JobStatus.RUNNING][-1] == 4
-    assert result.config_path is not None and LoraConfig.load(result.config_path).rank == request.config.rank
+    assert (
+        result.config_path is not None
+        and LoraConfig.load(result.config_path).rank == request.config.rank
+    )
 
     with safe_open(str(result.output_path), "pt") as f:
         keys = set(f.keys())
@@ -149,7 +179,7 @@ def test_same_seed_gives_the_same_lora(tiny_model, small_dataset, tmp_path) -> N
 
     def tensors(path: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
 
     a, b, c = tensors(first.output_path), tensors(second.output_path), tensors(other.output_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -164,17 +194,23 @@ def test_v_prediction_models_train_on_velocity(tiny_model, small_dataset, tmp_pa
     data = json.loads(scheduler_config.read_text(encoding="utf-8"))
     data["prediction_type"] = "v_prediction"
     scheduler_config.write_text(json.dumps(data), encoding="utf-8")
-    result = Trainer(_request(small_dataset, tmp_path / "out", base=str(model), max_steps=2)).train()
+    result = Trainer(
+        _request(small_dataset, tmp_path / "out", base=str(model), max_steps=2)
+    ).train()
     assert result.output_path.exists()
     with safe_open(str(result.output_path), "pt") as f:
         assert f.metadata()["ss_sd_model_name"] == "tiny-v"
 
 
 @pytest.mark.slow
-def test_cancel_stops_within_one_step_and_keeps_the_lora(tiny_model, small_dataset, tmp_path) -> None:
+def test_cancel_stops_within_one_step_and_keeps_the_lora(
+    tiny_model, small_dataset, tmp_path
+) -> None:
     commands = TrainerCommands()
     recorder = Recorder(commands, stop_at_step=2)
-    result = Trainer(_request(small_dataset, tmp_path / "out", max_steps=50), recorder, commands).train()
+    result = Trainer(
+        _request(small_dataset, tmp_path / "out", max_steps=50), recorder, commands
+    ).train()
     assert result.cancelled
     assert result.steps == 2
     assert result.output_path.name == "test_lora-step00002.safetensors"
@@ -243,6 +279,8 @@ def test_incomplete_model_folder_is_a_clear_error(tiny_model, small_dataset, tmp
 def test_unsupported_family_is_named(small_dataset, tmp_path) -> None:
     folder = tmp_path / "xl"
     folder.mkdir()
-    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}', encoding="utf-8")
+    (folder / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusionXLPipeline"}', encoding="utf-8"
+    )
     with pytest.raises(ModelError, match="SDXL"):
         Trainer(_request(small_dataset, tmp_path / "out", base=str(folder))).train()

@@ -52,14 +52,18 @@ class SD15Family:
         return Components(tokenizer, text_encoder, vae, unet, noise_scheduler, prediction_type)
 
     @staticmethod
-    def _load_folder(path: Path) -> tuple[object, torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    def _load_folder(
+        path: Path,
+    ) -> tuple[object, torch.nn.Module, torch.nn.Module, torch.nn.Module]:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         for sub in ("tokenizer", "text_encoder", "vae", "unet", "scheduler"):
             if not (path / sub).is_dir():
                 raise ModelError(f"The base model folder {path} is incomplete: {sub}/ is missing.")
-        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(
+            path, subfolder="tokenizer", local_files_only=True
+        )
         text_encoder = CLIPTextModel.from_pretrained(
             path, subfolder="text_encoder", local_files_only=True
         )
@@ -68,7 +72,9 @@ class SD15Family:
         return tokenizer, text_encoder, vae, unet
 
     @staticmethod
-    def _load_single_file(path: Path) -> tuple[object, torch.nn.Module, torch.nn.Module, torch.nn.Module, dict]:
+    def _load_single_file(
+        path: Path,
+    ) -> tuple[object, torch.nn.Module, torch.nn.Module, torch.nn.Module, dict]:
         from diffusers import StableDiffusionPipeline
 
         # from_single_file needs the matching diffusers configs; offline they come from the
