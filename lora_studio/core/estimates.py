@@ -64,8 +64,9 @@ _COSTS: dict[ModelFamily, _FamilyCost] = {
 }
 
 # The built-in tiny model (a few MB, random weights) trains on a 2-core CPU. Measured on
-# the development machine: about 0.1 s per 512 px step (see docs/benchmarks.md).
-_TINY = _FamilyCost(512, 0.10, 0.002, 0.0003, 0.0001, 0.05, 3)
+# the development machine: about 0.1 s per step at 256 px and 0.5 s at 512 px, plus ~4 s
+# to import the libraries and load the model.
+_TINY = _FamilyCost(256, 0.10, 0.002, 0.0003, 0.0001, 0.05, 4)
 REFERENCE_HARDWARE = "an RTX 4090-class GPU"
 TINY_HARDWARE = "a 2-core CPU"
 
