@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,7 +55,7 @@ from lora_studio.training.tiny import ensure_builtin_model
 if TYPE_CHECKING:
     import torch
 
-    from lora_studio.training.families.base import Components
+    from lora_studio.training.families.base import Components, Family
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,35 @@ class TrainResult:
     final_loss: float | None
     cancelled: bool
     config_path: Path | None = None
+
+
+@dataclass
+class _Run:
+    """The state of one run, shared by the trainer's phases."""
+
+    ref: BaseModelRef
+    family: Family
+    local_path: Path
+    device: torch.device
+    precision: str
+    weight_dtype: torch.dtype
+    accelerator: Any
+    generator: torch.Generator
+    items: list[ImageItem]
+    total_steps: int
+    comps: Components = field(init=False)
+    latents_mean: torch.Tensor = field(init=False)
+    latents_std: torch.Tensor = field(init=False)
+    input_ids: torch.Tensor = field(init=False)
+    cached_embeddings: torch.Tensor | None = None
+    denoiser: Any = None
+    text_encoder: Any = None
+    optimizer: Any = None
+    lr_scheduler: Any = None
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
+    step: int = 0
+    epoch: int = 0
+    cancelled: bool = False
 
 
 class _NullCallbacks:
@@ -216,20 +245,21 @@ class Trainer:
             raise TrainingError(msg) from exc
 
     def _train(self, started: float) -> TrainResult:
-        import torch
-        from diffusers.optimization import get_scheduler
-        from diffusers.training_utils import cast_training_params
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import inject_adapter_in_model
-        from peft.utils import get_peft_model_state_dict
-
         _quiet_libraries()
-        config = self.config
-        request = self.request
         self._publish(status=JobStatus.PREPARING, message="Checking the output folder")
-        ensure_writable_dir(request.output_dir)
+        ensure_writable_dir(self.request.output_dir)
+        run = self._setup()
+        self._load_and_cache(run)
+        self._attach_lora(run)
+        self._loop(run)
+        return self._save(run, started)
 
-        ref = resolve_base_model(request.base_model)
+    def _setup(self) -> _Run:
+        """Resolve the model and device, pick the images, plan the steps."""
+        import torch
+
+        config = self.config
+        ref = resolve_base_model(self.request.base_model)
         if ref.family is None:
             raise ModelError(f"Cannot tell which model family {ref.ref} belongs to.")
         family = get_family(ref.family)
@@ -245,228 +275,244 @@ class Trainer:
             )
             precision = "no"
         accelerator = _fresh_accelerator(precision, config.gradient_accumulation_steps, on_cpu)
-        device = torch.device(device_name) if not on_cpu else accelerator.device
-        weight_dtype = {
-            "fp16": torch.float16,
-            "bf16": torch.bfloat16,
-        }.get(precision, torch.float32)
-        generator = torch.Generator(device="cpu").manual_seed(config.seed)
         torch.manual_seed(config.seed)
 
         items = self._usable_items()
         plan = plan_steps(sum(item.repeats or config.repeats for item in items), config)
-        total_steps = plan.total_steps
-        self._publish(total_steps=total_steps, total_epochs=plan.epochs)
+        self._publish(total_steps=plan.total_steps, total_epochs=plan.epochs)
         self._log(
             f"{len(items)} images, {plan.samples_per_epoch} samples per epoch, "
-            f"{total_steps} steps ({plan.epochs} epochs) at {config.resolution} px on "
+            f"{plan.total_steps} steps ({plan.epochs} epochs) at {config.resolution} px on "
             f"{device_name}"
         )
+        return _Run(
+            ref=ref,
+            family=family,
+            local_path=local_path,
+            device=accelerator.device if on_cpu else torch.device(device_name),
+            precision=precision,
+            weight_dtype={"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+                precision, torch.float32
+            ),
+            accelerator=accelerator,
+            generator=torch.Generator(device="cpu").manual_seed(config.seed),
+            items=items,
+            total_steps=plan.total_steps,
+        )
 
-        self._publish(message=f"Loading {ref.display_name}")
-        self._log(f"Loading base model {ref.ref}")
-        comps = family.load(ref, local_path)
+    def _load_and_cache(self, run: _Run) -> None:
+        """Load the model; encode every image (and, unless the text encoder is trained,
+        every caption) once; move what is no longer needed off the GPU."""
+        import torch
+
+        self._publish(message=f"Loading {run.ref.display_name}")
+        self._log(f"Loading base model {run.ref.ref}")
+        comps = run.family.load(run.ref, run.local_path)
+        run.comps = comps
         self._check_stop()
-        comps.vae.requires_grad_(False)
-        comps.text_encoder.requires_grad_(False)
-        comps.denoiser.requires_grad_(False)
-        _place(comps.vae, device, torch.float32 if on_cpu else weight_dtype)
-        _place(comps.denoiser, device, weight_dtype)
-        _place(comps.text_encoder, device, weight_dtype)
+        for module in (comps.vae, comps.text_encoder, comps.denoiser):
+            module.requires_grad_(False)
+        # The VAE stays fp32 on the CPU (half precision there is slow and imprecise).
+        vae_dtype = torch.float32 if run.device.type == "cpu" else run.weight_dtype
+        _place(comps.vae, run.device, vae_dtype)
+        _place(comps.denoiser, run.device, run.weight_dtype)
+        _place(comps.text_encoder, run.device, run.weight_dtype)
 
-        latents_mean, latents_std = self._cache_latents(comps, items, device)
-        captions = [training_caption(item, config.trigger_word) for item in items]
-        input_ids = family.tokenize(comps, captions)
-        cached_embeddings: torch.Tensor | None = None
-        if not config.train_text_encoder:
+        run.latents_mean, run.latents_std = self._cache_latents(comps, run.items, run.device)
+        captions = [training_caption(item, self.config.trigger_word) for item in run.items]
+        run.input_ids = run.family.tokenize(comps, captions)
+        if not self.config.train_text_encoder:
             self._publish(message="Caching text embeddings")
             with torch.no_grad():
-                embeddings = [
-                    family.encode_tokens(comps.text_encoder, input_ids[i : i + 8].to(device)).to(
-                        "cpu"
-                    )
-                    for i in range(0, len(items), 8)
+                chunks = [
+                    run.family.encode_tokens(comps.text_encoder, ids.to(run.device)).cpu()
+                    for ids in run.input_ids.split(8)
                 ]
-            cached_embeddings = torch.cat(embeddings)
+            run.cached_embeddings = torch.cat(chunks)
             comps.text_encoder.to("cpu")
         comps.vae.to("cpu")
-        if device.type == "cuda":
+        if run.device.type == "cuda":
             torch.cuda.empty_cache()
         self._check_stop()
 
-        # LoRA layers: peft adapters on the attention projections, trained in fp32.
-        comps.denoiser.add_adapter(
-            PeftLoraConfig(
-                r=config.rank,
-                lora_alpha=config.alpha,
-                init_lora_weights="gaussian",
-                target_modules=list(family.unet_target_modules),
-            )
+    def _lora_config(self, targets: tuple[str, ...]) -> Any:
+        from peft import LoraConfig as PeftLoraConfig
+
+        return PeftLoraConfig(
+            r=self.config.rank,
+            lora_alpha=self.config.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(targets),
         )
-        param_groups = [
-            {
-                "params": [p for p in comps.denoiser.parameters() if p.requires_grad],
-                "lr": config.learning_rate,
-            }
-        ]
+
+    def _attach_lora(self, run: _Run) -> None:
+        """peft LoRA layers (fp32) on the denoiser, and on the text encoder if asked;
+        AdamW and the LR schedule over them."""
+        import torch
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import cast_training_params
+        from peft import inject_adapter_in_model
+
+        config = self.config
+        comps = run.comps
+        comps.denoiser.add_adapter(self._lora_config(run.family.unet_target_modules))
+        trained: list[tuple[torch.nn.Module, float]] = [(comps.denoiser, config.learning_rate)]
         if config.train_text_encoder:
             # peft's own injection, not transformers' add_adapter: the latter demands
             # newer peft releases than diffusers needs, for the same result.
             inject_adapter_in_model(
-                PeftLoraConfig(
-                    r=config.rank,
-                    lora_alpha=config.alpha,
-                    init_lora_weights="gaussian",
-                    target_modules=list(family.text_encoder_target_modules),
-                ),
-                comps.text_encoder,
+                self._lora_config(run.family.text_encoder_target_modules), comps.text_encoder
             )
-            comps.text_encoder.train()
-            param_groups.append(
-                {
-                    "params": [p for p in comps.text_encoder.parameters() if p.requires_grad],
-                    "lr": config.effective_text_encoder_lr,
-                }
-            )
-        if precision != "no":
-            cast_training_params(comps.denoiser, dtype=torch.float32)
-            if config.train_text_encoder:
-                cast_training_params(comps.text_encoder, dtype=torch.float32)
-        comps.denoiser.train()
-        trainable = [p for group in param_groups for p in group["params"]]
+            trained.append((comps.text_encoder, config.effective_text_encoder_lr))
+        param_groups = []
+        for module, lr in trained:
+            if run.precision != "no":
+                cast_training_params(module, dtype=torch.float32)
+            module.train()
+            params = [p for p in module.parameters() if p.requires_grad]
+            param_groups.append({"params": params, "lr": lr})
+            run.trainable.extend(params)
         self._log(
-            f"Training {sum(p.numel() for p in trainable):,} LoRA parameters (rank {config.rank})"
+            f"Training {sum(p.numel() for p in run.trainable):,} LoRA parameters "
+            f"(rank {config.rank})"
         )
-
         optimizer = torch.optim.AdamW(param_groups, weight_decay=1e-2)
-        lr_scheduler = get_scheduler(
+        run.lr_scheduler = get_scheduler(
             config.lr_scheduler.value,
             optimizer=optimizer,
             num_warmup_steps=config.lr_warmup_steps,
-            num_training_steps=max(1, total_steps),
+            num_training_steps=max(1, run.total_steps),
         )
-        modules: list[Any] = [comps.denoiser, optimizer]
-        if config.train_text_encoder:
-            modules.append(comps.text_encoder)
-        prepared = accelerator.prepare(*modules)
-        denoiser, optimizer = prepared[0], prepared[1]
-        text_encoder = prepared[2] if config.train_text_encoder else comps.text_encoder
+        prepared = run.accelerator.prepare(*[m for m, _ in trained], optimizer)
+        run.denoiser = prepared[0]
+        run.text_encoder = prepared[1] if config.train_text_encoder else comps.text_encoder
+        run.optimizer = prepared[-1]
 
-        noise_scheduler = comps.noise_scheduler
-        num_timesteps = int(noise_scheduler.config.num_train_timesteps)
-        scaling = float(getattr(comps.vae.config, "scaling_factor", 0.18215))
+    def _loop(self, run: _Run) -> None:
+        """Optimizer steps until ``total_steps`` or a stop request."""
+        import torch
+
+        config = self.config
+        accelerator = run.accelerator
+        trained = [run.denoiser] + ([run.text_encoder] if config.train_text_encoder else [])
         samples = [
-            index for index, item in enumerate(items) for _ in range(item.repeats or config.repeats)
+            index
+            for index, item in enumerate(run.items)
+            for _ in range(item.repeats or config.repeats)
         ]
-
-        step = 0
-        epoch = 0
-        cancelled = False
         loop_started = time.time()
         self._publish(status=JobStatus.RUNNING, message="Training", step=0)
         self._log("Training started")
-        accumulated: list[float] = []
-        while step < total_steps and not cancelled:
-            epoch += 1
-            order = torch.randperm(len(samples), generator=generator).tolist()
-            batches = [
-                [samples[i] for i in order[start : start + config.batch_size]]
-                for start in range(0, len(order), config.batch_size)
-            ]
-            for batch in batches:
-                index = torch.tensor(batch)
-                with accelerator.accumulate(
-                    *([denoiser, text_encoder] if config.train_text_encoder else [denoiser])
-                ):
-                    mean = latents_mean[index].to(device)
-                    std = latents_std[index].to(device)
-                    eps = torch.randn(mean.shape, generator=generator).to(device)
-                    latents = (mean + std * eps) * scaling
-                    noise = torch.randn(latents.shape, generator=generator).to(device)
-                    timesteps = torch.randint(
-                        0, num_timesteps, (latents.shape[0],), generator=generator
-                    ).to(device)
-                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                    if comps.prediction_type == "v_prediction":
-                        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-                    else:
-                        target = noise
-                    if cached_embeddings is not None:
-                        cond = cached_embeddings[index].to(device, dtype=weight_dtype)
-                    else:
-                        cond = family.encode_tokens(text_encoder, input_ids[index].to(device))
-                    with accelerator.autocast():
-                        pred = denoiser(noisy.to(weight_dtype), timesteps, cond).sample
-                    loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"The loss became {loss.item()} at step {step + 1}. Lower the "
-                            f"learning rate, or train in bf16/fp32 instead of fp16."
-                        )
+        micro_losses: list[float] = []
+        while run.step < run.total_steps:
+            run.epoch += 1
+            order = torch.randperm(len(samples), generator=run.generator).tolist()
+            for start in range(0, len(order), config.batch_size):
+                batch = torch.tensor([samples[i] for i in order[start : start + config.batch_size]])
+                with accelerator.accumulate(*trained):
+                    loss = self._loss(run, batch)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(trainable, 1.0)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    accumulated.append(float(loss.detach().item()))
+                        accelerator.clip_grad_norm_(run.trainable, 1.0)
+                    run.optimizer.step()
+                    run.optimizer.zero_grad(set_to_none=True)
+                    micro_losses.append(float(loss.detach().item()))
                 if not accelerator.sync_gradients:
                     continue
-                lr_scheduler.step()
-                step += 1
-                step_loss = sum(accumulated) / len(accumulated)
-                accumulated.clear()
-                self._losses.append(step_loss)
-                self._report_step(step, total_steps, epoch, step_loss, loop_started, lr_scheduler)
+                run.lr_scheduler.step()
+                run.step += 1
+                self._losses.append(sum(micro_losses) / len(micro_losses))
+                micro_losses.clear()
+                self._report_step(run, loop_started)
                 if self.commands.stop_requested:
-                    cancelled = True
-                    self._log(f"Cancel requested: stopping after step {step}")
-                    break
-                if step >= total_steps:
-                    break
+                    run.cancelled = True
+                    self._log(f"Cancel requested: stopping after step {run.step}")
+                    return
+                if run.step >= run.total_steps:
+                    return
 
+    def _loss(self, run: _Run, batch: torch.Tensor) -> torch.Tensor:
+        """The noise-prediction (or velocity) MSE of one batch."""
+        import torch
+
+        comps, device, gen = run.comps, run.device, run.generator
+        scheduler = comps.noise_scheduler
+        scaling = float(getattr(comps.vae.config, "scaling_factor", 0.18215))
+        mean = run.latents_mean[batch].to(device)
+        std = run.latents_std[batch].to(device)
+        latents = (mean + std * torch.randn(mean.shape, generator=gen).to(device)) * scaling
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        num_timesteps = int(scheduler.config.num_train_timesteps)
+        timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), generator=gen).to(device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if comps.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        if run.cached_embeddings is not None:
+            cond = run.cached_embeddings[batch].to(device, dtype=run.weight_dtype)
+        else:
+            cond = run.family.encode_tokens(run.text_encoder, run.input_ids[batch].to(device))
+        with run.accelerator.autocast():
+            pred = run.denoiser(noisy.to(run.weight_dtype), timesteps, cond).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"The loss became {loss.item()} at step {run.step + 1}. Lower the learning "
+                f"rate, or train in bf16/fp32 instead of fp16."
+            )
+        return loss
+
+    def _save(self, run: _Run, started: float) -> TrainResult:
+        """Write the kohya LoRA (and its config beside it); report the outcome."""
+        from peft.utils import get_peft_model_state_dict
+
+        config = self.config
         self._publish(status=JobStatus.SAVING, message="Saving the LoRA")
-        unet_state = get_peft_model_state_dict(accelerator.unwrap_model(denoiser))
+        unwrap = run.accelerator.unwrap_model
         te_state = (
-            get_peft_model_state_dict(accelerator.unwrap_model(text_encoder))
+            get_peft_model_state_dict(unwrap(run.text_encoder))
             if config.train_text_encoder
             else None
         )
         tensors = peft_to_kohya(
-            unet_state, te_state, alpha=config.alpha, text_encoder_prefix=family.text_encoder_prefix
+            get_peft_model_state_dict(unwrap(run.denoiser)),
+            te_state,
+            alpha=config.alpha,
+            text_encoder_prefix=run.family.text_encoder_prefix,
         )
-        name = config.name if not cancelled else f"{config.name}-step{step:05d}"
-        out_path = unique_output_path(request.output_dir, name)
+        name = f"{config.name}-step{run.step:05d}" if run.cancelled else config.name
+        out_path = unique_output_path(self.request.output_dir, name)
         facts = RunFacts(
-            base_model_version=ref.version or "sd_v1",
-            base_model_name=ref.display_name,
-            num_train_images=len(items),
+            base_model_version=run.ref.version or "sd_v1",
+            base_model_name=run.ref.display_name,
+            num_train_images=len(run.items),
             num_reg_images=0,
-            max_train_steps=total_steps,
-            steps_done=step,
-            epochs=epoch,
+            max_train_steps=run.total_steps,
+            steps_done=run.step,
+            epochs=run.epoch,
             started_at=started,
             finished_at=time.time(),
-            mixed_precision=precision,
+            mixed_precision=run.precision,
         )
-        meta = kohya_metadata(config, request.dataset, facts, out_path.stem)
+        meta = kohya_metadata(config, self.request.dataset, facts, out_path.stem)
         save_kohya_lora(out_path, tensors, meta)
-        config_path = out_path.with_suffix(".toml")
+        config_path: Path | None = out_path.with_suffix(".toml")
         try:
             config.replace(name=out_path.stem).save(config_path)
         except OSError:
             config_path = None  # the LoRA itself is saved; a missing sidecar is not fatal
-        final_loss = self._losses[-1] if self._losses else None
-        status = JobStatus.CANCELLED if cancelled else JobStatus.SUCCEEDED
-        verb = "Cancelled; saved the LoRA so far to" if cancelled else "Saved"
+        verb = "Cancelled; saved the LoRA so far to" if run.cancelled else "Saved"
         self._log(f"{verb} {out_path}")
         self._publish(
-            status=status,
-            message="Cancelled" if cancelled else "Done",
+            status=JobStatus.CANCELLED if run.cancelled else JobStatus.SUCCEEDED,
+            message="Cancelled" if run.cancelled else "Done",
             output_path=str(out_path),
             eta_s=0.0,
         )
-        accelerator.free_memory()
-        return TrainResult(out_path, step, final_loss, cancelled, config_path)
+        run.accelerator.free_memory()
+        final_loss = self._losses[-1] if self._losses else None
+        return TrainResult(out_path, run.step, final_loss, run.cancelled, config_path)
 
     # ---- pieces ------------------------------------------------------------------------
 
@@ -513,15 +559,8 @@ class Trainer:
         self._log(f"Cached latents of {len(items)} images")
         return torch.cat(means), torch.cat(stds)
 
-    def _report_step(
-        self,
-        step: int,
-        total: int,
-        epoch: int,
-        loss: float,
-        loop_started: float,
-        lr_scheduler: Any,
-    ) -> None:
+    def _report_step(self, run: _Run, loop_started: float) -> None:
+        step, total, loss = run.step, run.total_steps, self._losses[-1]
         elapsed = time.time() - loop_started
         rate = step / elapsed if elapsed > 0 else None
         eta = (total - step) / rate if rate else None
@@ -529,23 +568,19 @@ class Trainer:
         if len(history) > MAX_HISTORY:
             stride = math.ceil(len(history) / MAX_HISTORY)
             history = history[::stride]
-        lr = float(lr_scheduler.get_last_lr()[0])
+        lr = float(run.lr_scheduler.get_last_lr()[0])
         if step == 1 or step == total or step % max(1, total // 20) == 0:
             self._log(f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}")
         self._publish(
             step=step,
-            epoch=epoch,
+            epoch=run.epoch,
             loss=loss,
             loss_history=tuple(history),
             learning_rate=lr,
             elapsed_s=elapsed,
             eta_s=eta,
-            samples_per_s=(
-                rate * self.config.batch_size * self.config.gradient_accumulation_steps
-                if rate
-                else None
-            ),
-            message=f"Training: epoch {epoch}",
+            samples_per_s=rate * self.config.effective_batch_size if rate else None,
+            message=f"Training: epoch {run.epoch}",
         )
 
 
