@@ -40,7 +40,7 @@ _PIPELINE_FAMILIES = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ModelKind(str, enum.Enum):
+class ModelKind(enum.StrEnum):
     BUILTIN = "builtin"
     DIFFUSERS_FOLDER = "diffusers_folder"
     SINGLE_FILE = "single_file"

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
 from lora_studio.core.atomic import atomic_write_text
 from lora_studio.core.errors import ConfigError
@@ -27,7 +27,7 @@ from lora_studio.core.errors import ConfigError
 CONFIG_VERSION = 1
 
 
-class MixedPrecision(str, enum.Enum):
+class MixedPrecision(enum.StrEnum):
     """Numeric precision of the forward/backward pass (the LoRA weights stay fp32)."""
 
     NO = "no"
@@ -35,7 +35,7 @@ class MixedPrecision(str, enum.Enum):
     BF16 = "bf16"
 
 
-class ModelFamily(str, enum.Enum):
+class ModelFamily(enum.StrEnum):
     """The architecture family of a base model."""
 
     SD15 = "sd15"
@@ -56,7 +56,7 @@ _FAMILY_LABELS = {
 }
 
 
-class LrScheduler(str, enum.Enum):
+class LrScheduler(enum.StrEnum):
     """Learning-rate schedule over the run."""
 
     CONSTANT = "constant"

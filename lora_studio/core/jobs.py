@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     PREPARING = "preparing"
     RUNNING = "running"
@@ -33,7 +33,7 @@ class JobStatus(str, enum.Enum):
         return self.value.capitalize()
 
 
-class BackendType(str, enum.Enum):
+class BackendType(enum.StrEnum):
     """Where a job runs."""
 
     LOCAL = "local"
