@@ -200,6 +200,10 @@ class LocalBackend:
             raise BackendError(f"Unknown local job {job.id}.") from None
 
     def _work(self, run: _Run, request: TrainingRequest) -> None:
+        # The first import of torch and diffusers takes seconds: say what is happening.
+        run.publish(
+            Progress(status=JobStatus.PREPARING, message="Starting: loading PyTorch and diffusers")
+        )
         from lora_studio.training.trainer import Trainer
 
         class Callbacks:

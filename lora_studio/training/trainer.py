@@ -510,9 +510,24 @@ class Trainer:
             output_path=str(out_path),
             eta_s=0.0,
         )
-        run.accelerator.free_memory()
+        self._release(run)
         final_loss = self._losses[-1] if self._losses else None
         return TrainResult(out_path, run.step, final_loss, run.cancelled, config_path)
+
+    def _release(self, run: _Run) -> None:
+        """Drop the run's references to models and optimizer state.
+
+        Not ``accelerator.free_memory()``: that runs ``gc.collect()`` on this (worker)
+        thread, which could finalise the host's Qt objects off the GUI thread.
+        """
+        import torch
+
+        run.accelerator = None
+        run.denoiser = run.text_encoder = run.optimizer = run.lr_scheduler = None
+        run.trainable.clear()
+        del run.comps
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ---- pieces ------------------------------------------------------------------------
 
