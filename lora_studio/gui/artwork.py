@@ -1,0 +1,124 @@
+"""Pictures the app draws itself: the window icon and thumbnail placeholders.
+
+Drawn with ``QPainter`` at run time so no image files need to ship. ``QPixmap`` belongs
+to the GUI thread, so call these only there.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QIcon,
+    QLinearGradient,
+    QPainter,
+    QPainterPath,
+    QPen,
+    QPixmap,
+)
+
+ACCENT = QColor("#3f51b5")
+ERROR = QColor("#c62828")
+WARNING = QColor("#b26a00")
+SUCCESS = QColor("#2e7d32")
+MUTED = QColor("#757575")
+
+
+def _hills(painter: QPainter, rect: QRectF, colors: list[str]) -> None:
+    """Layered paper hills, the sample dataset's motif."""
+    w, h = rect.width(), rect.height()
+    for i, color in enumerate(colors):
+        base = rect.top() + h * (0.48 + 0.14 * i)
+        path = QPainterPath(QPointF(rect.left(), rect.bottom()))
+        path.lineTo(rect.left(), base)
+        path.cubicTo(
+            QPointF(rect.left() + w * (0.25 + 0.1 * i), base - h * 0.22),
+            QPointF(rect.left() + w * (0.55 - 0.05 * i), base + h * 0.12),
+            QPointF(rect.right(), base - h * 0.1),
+        )
+        path.lineTo(rect.right(), rect.bottom())
+        path.closeSubpath()
+        painter.fillPath(path, QColor(color))
+
+
+@cache
+def app_icon() -> QIcon:
+    """The window icon: paper hills under a sun on an indigo tile."""
+    icon = QIcon()
+    for size in (16, 24, 32, 48, 64, 128, 256):
+        pixmap = QPixmap(size, size)
+        pixmap.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(pixmap)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        tile = QRectF(0, 0, size, size).adjusted(
+            size * 0.04, size * 0.04, -size * 0.04, -size * 0.04
+        )
+        clip = QPainterPath()
+        clip.addRoundedRect(tile, size * 0.2, size * 0.2)
+        gradient = QLinearGradient(tile.topLeft(), tile.bottomLeft())
+        gradient.setColorAt(0, QColor("#5c6bc0"))
+        gradient.setColorAt(1, QColor("#283593"))
+        painter.fillPath(clip, gradient)
+        painter.setClipPath(clip)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor("#ffca28"))
+        painter.drawEllipse(
+            QPointF(tile.left() + size * 0.68, tile.top() + size * 0.3), size * 0.13, size * 0.13
+        )
+        _hills(painter, tile, ["#a5d6a7", "#66bb6a", "#2e7d32"])
+        painter.end()
+        icon.addPixmap(pixmap)
+    return icon
+
+
+def _tile(size: int, fill: str, border: str) -> tuple[QPixmap, QPainter]:
+    pixmap = QPixmap(size, size)
+    pixmap.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(pixmap)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    rect = QRectF(2, 2, size - 4, size - 4)
+    painter.setPen(QPen(QColor(border), 1.5))
+    painter.setBrush(QColor(fill))
+    painter.drawRoundedRect(rect, 6, 6)
+    return pixmap, painter
+
+
+@cache
+def loading_icon(size: int) -> QIcon:
+    """Shown while a thumbnail is being made."""
+    pixmap, painter = _tile(size, "#eeeeee", "#d0d0d0")
+    painter.setPen(Qt.PenStyle.NoPen)
+    painter.setBrush(QColor("#d6d6d6"))
+    for i in range(3):
+        painter.drawEllipse(QPointF(size * (0.35 + 0.15 * i), size / 2), size * 0.04, size * 0.04)
+    painter.end()
+    return QIcon(pixmap)
+
+
+@cache
+def broken_image_icon(size: int) -> QIcon:
+    """Shown for an image that cannot be decoded: a red-crossed frame saying so."""
+    pixmap, painter = _tile(size, "#fdecea", "#e57373")
+    pen = QPen(ERROR, max(2.0, size / 24))
+    pen.setCapStyle(Qt.PenCapStyle.RoundCap)
+    painter.setPen(pen)
+    c = size / 2
+    r = size * 0.14
+    top = size * 0.36
+    painter.drawLine(QPointF(c - r, top - r), QPointF(c + r, top + r))
+    painter.drawLine(QPointF(c + r, top - r), QPointF(c - r, top + r))
+    if size >= 64:
+        font = QFont()
+        font.setPixelSize(max(10, size // 9))
+        font.setBold(True)
+        painter.setFont(font)
+        painter.drawText(
+            QRectF(0, size * 0.58, size, size * 0.3),
+            int(Qt.AlignmentFlag.AlignCenter),
+            "broken image",
+        )
+    painter.end()
+    return QIcon(pixmap)

@@ -1,0 +1,248 @@
+"""The caption editor grid: every image with its caption, editable in place.
+
+A ``QTableView`` over a filter proxy of :class:`~lora_studio.gui.dataset_model.DatasetModel`
+(All / Uncaptioned). Captions are edited with :class:`CaptionDelegate`'s multi-line
+editor: Enter commits, Shift+Enter starts a new line, Esc cancels. Missing captions show
+a grey "(no caption)" placeholder; the status column says "Saving…", "Saved ✓" or
+"⚠ Not saved" (with the reason as tooltip), and the line under the grid sums it up.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import (
+    QAbstractItemModel,
+    QEvent,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSize,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtGui import QKeyEvent, QPalette
+from PySide6.QtWidgets import (
+    QAbstractItemDelegate,
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lora_studio.gui import artwork
+from lora_studio.gui.dataset_model import CaptionState, Column, DatasetModel, Role
+
+Index = QModelIndex | QPersistentModelIndex
+PLACEHOLDER = "(no caption)"
+ROW_HEIGHT = 60
+THUMB = 48
+
+
+class CaptionFilter(QSortFilterProxyModel):
+    """Shows all rows, or only those without a caption."""
+
+    ALL = "All"
+    UNCAPTIONED = "Uncaptioned"
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._only_uncaptioned = False
+
+    @property
+    def only_uncaptioned(self) -> bool:
+        return self._only_uncaptioned
+
+    def set_only_uncaptioned(self, value: bool) -> None:
+        if value == self._only_uncaptioned:
+            return
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.10
+            self.beginFilterChange()
+            self._only_uncaptioned = value
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:  # pragma: no cover - older Qt
+            self._only_uncaptioned = value
+            self.invalidateRowsFilter()
+
+    def filterAcceptsRow(self, source_row: int, source_parent: Index) -> bool:  # noqa: N802
+        if not self._only_uncaptioned:
+            return True
+        source = self.sourceModel()
+        index = source.index(source_row, Column.CAPTION, source_parent)
+        # A row whose save is still under way stays, so it does not vanish under the
+        # user's cursor mid-edit.
+        state = source.data(index, Role.CAPTION_STATE)
+        return not source.data(index, Role.HAS_CAPTION) or state is CaptionState.SAVING
+
+
+class CaptionEditor(QPlainTextEdit):
+    """The multi-line caption editor (see :class:`CaptionDelegate` for its keys)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setTabChangesFocus(True)
+        self.setPlaceholderText("Describe the image; Enter saves, Shift+Enter adds a line")
+        self.setFrameShape(QPlainTextEdit.Shape.Box)
+
+
+class CaptionDelegate(QStyledItemDelegate):
+    """Edits captions in a :class:`CaptionEditor` and draws the "(no caption)" placeholder."""
+
+    def createEditor(  # noqa: N802
+        self, parent: QWidget, option: QStyleOptionViewItem, index: Index
+    ) -> QWidget:
+        editor = CaptionEditor(parent)
+        editor.installEventFilter(self)
+        return editor
+
+    def setEditorData(self, editor: QWidget, index: Index) -> None:  # noqa: N802
+        assert isinstance(editor, CaptionEditor)
+        editor.setPlainText(str(index.data(Qt.ItemDataRole.EditRole) or ""))
+        editor.moveCursor(editor.textCursor().MoveOperation.End)
+
+    def setModelData(  # noqa: N802
+        self, editor: QWidget, model: QAbstractItemModel, index: Index
+    ) -> None:
+        assert isinstance(editor, CaptionEditor)
+        model.setData(index, editor.toPlainText(), Qt.ItemDataRole.EditRole)
+
+    def updateEditorGeometry(  # noqa: N802
+        self, editor: QWidget, option: QStyleOptionViewItem, index: Index
+    ) -> None:
+        # Taller than the row when needed, so a long caption can be read while editing.
+        rect = option.rect
+        rect.setHeight(max(rect.height(), 96))
+        editor.setGeometry(rect)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+        if isinstance(watched, CaptionEditor) and event.type() == QEvent.Type.KeyPress:
+            assert isinstance(event, QKeyEvent)
+            key = event.key()
+            if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+                if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+                    watched.insertPlainText("\n")
+                    return True
+                self.commitData.emit(watched)
+                self.closeEditor.emit(watched, QAbstractItemDelegate.EndEditHint.NoHint)
+                return True
+            if key == Qt.Key.Key_Escape:
+                self.closeEditor.emit(watched, QAbstractItemDelegate.EndEditHint.RevertModelCache)
+                return True
+        return super().eventFilter(watched, event)
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: Index) -> None:  # noqa: N802
+        super().initStyleOption(option, index)
+        if not str(index.data(Qt.ItemDataRole.DisplayRole) or "").strip():
+            option.text = PLACEHOLDER
+            option.font.setItalic(True)
+            option.palette.setColor(QPalette.ColorRole.Text, artwork.MUTED)
+            option.palette.setColor(QPalette.ColorRole.HighlightedText, artwork.MUTED.lighter(150))
+
+
+class CaptionGrid(QWidget):
+    """The caption panel: filter, table, save state."""
+
+    def __init__(self, model: DatasetModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model
+        self.proxy = CaptionFilter(self)
+        self.proxy.setSourceModel(model)
+
+        title = QLabel("<b>Captions</b>")
+        self.filter_box = QComboBox()
+        self.filter_box.addItems([CaptionFilter.ALL, CaptionFilter.UNCAPTIONED])
+        self.filter_box.setToolTip("Show all images, or only those without a caption")
+        self.filter_box.currentTextChanged.connect(
+            lambda text: self.proxy.set_only_uncaptioned(text == CaptionFilter.UNCAPTIONED)
+        )
+        header = QHBoxLayout()
+        header.addWidget(title)
+        header.addStretch(1)
+        header.addWidget(QLabel("Show"))
+        header.addWidget(self.filter_box)
+
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.delegate = CaptionDelegate(self.table)
+        self.table.setItemDelegateForColumn(Column.CAPTION, self.delegate)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(
+            QAbstractItemView.EditTrigger.DoubleClicked
+            | QAbstractItemView.EditTrigger.EditKeyPressed
+            | QAbstractItemView.EditTrigger.SelectedClicked
+            | QAbstractItemView.EditTrigger.AnyKeyPressed
+        )
+        self.table.setIconSize(QSize(THUMB, THUMB))
+        self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.table.verticalHeader().setDefaultSectionSize(ROW_HEIGHT)
+        self.table.setAlternatingRowColors(True)
+        self.table.setShowGrid(False)
+        head = self.table.horizontalHeader()
+        head.setSectionResizeMode(Column.IMAGE, QHeaderView.ResizeMode.Interactive)
+        head.setSectionResizeMode(Column.CAPTION, QHeaderView.ResizeMode.Stretch)
+        head.setSectionResizeMode(Column.STATUS, QHeaderView.ResizeMode.Interactive)
+        head.resizeSection(Column.IMAGE, 178)
+        head.resizeSection(Column.STATUS, 92)
+        head.setHighlightSections(False)
+
+        self.state_label = QLabel()
+        self.state_label.setWordWrap(True)
+        hint = QLabel(
+            "Double-click a caption to edit \u00b7 Enter saves \u00b7 Shift+Enter new line \u00b7 Esc cancels"
+        )
+        hint.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        hint.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addLayout(header)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.state_label)
+        layout.addWidget(hint)
+
+        model.dataChanged.connect(self._update_state)
+        model.modelReset.connect(self._update_state)
+        self._update_state()
+
+    def proxy_index(self, source: QModelIndex) -> QModelIndex:
+        return self.proxy.mapFromSource(source)
+
+    def source_index(self, index: QModelIndex) -> QModelIndex:
+        return self.proxy.mapToSource(index)
+
+    def edit_caption(self, source_row: int) -> None:
+        """Open the caption editor of ``source_row`` (scrolls to it)."""
+        index = self.proxy.mapFromSource(self.model.index(source_row, Column.CAPTION))
+        if index.isValid():
+            self.table.scrollTo(index)
+            self.table.setCurrentIndex(index)
+            self.table.edit(index)
+
+    def _update_state(self, *_: object) -> None:
+        counts = self.model.state_counts()
+        saving = counts.get(CaptionState.SAVING, 0)
+        failed = counts.get(CaptionState.FAILED, 0)
+        saved = counts.get(CaptionState.SAVED, 0)
+        if failed:
+            self.state_label.setText(
+                f"\u26a0 {failed} caption(s) not saved \u2014 your text is kept; hover the row "
+                f"for the reason and edit it again to retry."
+            )
+            self.state_label.setStyleSheet(f"color: {artwork.ERROR.name()}; font-weight: bold;")
+        elif saving:
+            self.state_label.setText(f"Saving {saving} caption(s)\u2026")
+            self.state_label.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        elif saved:
+            self.state_label.setText(f"All captions saved \u2713 ({saved} edited)")
+            self.state_label.setStyleSheet(f"color: {artwork.SUCCESS.name()};")
+        else:
+            self.state_label.setText("")

@@ -1,0 +1,723 @@
+"""``StudioController``: the one object the window talks to.
+
+It owns the :class:`~lora_studio.creator.LoraCreator` (dataset, config, base model, output
+folder), the job history (:class:`~lora_studio.core.jobs.JobStore`) and a
+:class:`~lora_studio.backends.local.LocalBackend` whose trainer runs on a ``QThread``
+(:mod:`lora_studio.gui.trainer_thread`). It runs on the asyncio loop that qasync puts on
+the Qt event loop, so ``await`` never blocks the window:
+
+* file work (opening a folder, saving a caption, checking images, the job history) goes
+  to worker threads with ``asyncio.to_thread``;
+* training is ``await creator.train()`` and then an asyncio task that consumes
+  ``creator.watch(job_id)`` and re-emits each :class:`Progress` as a Qt signal.
+
+Panels only call the methods below and listen to the signals; they never touch files.
+Every :class:`~lora_studio.core.errors.LoraStudioError` becomes a one-line
+:attr:`StudioController.message`; anything else is logged with its traceback and also
+shown as one line. Nothing the user had is dropped on an error: a folder that fails to
+open leaves the current dataset open, a caption that fails to save stays in the grid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import functools
+import logging
+import os
+import shutil
+import stat
+import threading
+import uuid
+from collections.abc import Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from PySide6.QtCore import QObject, Signal
+
+from lora_studio.backends.base import BackendConfig
+from lora_studio.backends.local import LocalBackend
+from lora_studio.core import paths
+from lora_studio.core.base_model import (
+    DEFAULT_BASE_MODEL,
+    BaseModelRef,
+    ModelKind,
+    resolve_base_model,
+)
+from lora_studio.core.config import LoraConfig
+from lora_studio.core.dataset import (
+    Dataset,
+    DatasetStats,
+    ImageItem,
+    check_image,
+    write_caption,
+)
+from lora_studio.core.errors import (
+    CaptionError,
+    ConfigError,
+    DatasetError,
+    LoraStudioError,
+)
+from lora_studio.core.estimates import Estimate
+from lora_studio.core.jobs import BackendType, Job, JobStatus, JobStore, Progress
+from lora_studio.creator import LoraCreator
+from lora_studio.gui.logs import log_file
+from lora_studio.gui.trainer_thread import QtWorkerStarter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+INFO = "info"
+WARNING = "warning"
+ERROR = "error"
+
+DEMO_NAME = "papercut_demo"
+DEMO_TRIGGER_WORD = "papercut style"
+DEMO_RESOLUTION = 256
+SAMPLE_COPY_NAME = "sample_dataset"
+
+
+def demo_config() -> LoraConfig:
+    """The first-start settings: the Fast preset at 256 px for the sample dataset.
+
+    With the built-in tiny model this trains in seconds on a 2-core CPU.
+    """
+    return LoraConfig.fast_preset().replace(
+        resolution=DEMO_RESOLUTION, name=DEMO_NAME, trigger_word=DEMO_TRIGGER_WORD
+    )
+
+
+def sample_copy_dir() -> Path:
+    """Where the user's own, editable copy of the sample dataset lives."""
+    return paths.data_dir() / SAMPLE_COPY_NAME
+
+
+def ensure_sample_copy() -> Path:
+    """Copy the bundled sample dataset to :func:`sample_copy_dir` unless it is there.
+
+    An existing copy is never overwritten: it may hold the user's caption edits. Runs on
+    a worker thread (it copies files).
+
+    Raises:
+        OSError: the copy cannot be made.
+    """
+    target = sample_copy_dir()
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        shutil.copytree(paths.sample_dataset_dir(), staging)
+        # The bundled files may be read-only (a system-wide install); the copy is the
+        # user's to edit.
+        for folder, _dirs, files in os.walk(staging):
+            for name in files:
+                file = Path(folder) / name
+                file.chmod(file.stat().st_mode | stat.S_IWUSR)
+        # Rename is atomic: no half-copied dataset is ever opened.
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if target.exists():  # another instance made it at the same moment
+            return target
+        raise
+    return target
+
+
+def describe_base_model(ref: BaseModelRef) -> str:
+    """One line about a resolved base model, for the preset form."""
+    family = ref.family.label if ref.family is not None else "unknown family"
+    if ref.kind is ModelKind.BUILTIN:
+        return f"Built-in tiny {family} model (random weights): for trying the app on a CPU."
+    if ref.kind is ModelKind.DIFFUSERS_FOLDER:
+        return f"{family} \u00b7 diffusers folder"
+    if ref.kind is ModelKind.SINGLE_FILE:
+        return f"{family} \u00b7 single-file checkpoint"
+    return f"{family} \u00b7 from the Hugging Face cache"
+
+
+def _open_with_stats(folder: Path) -> tuple[Dataset, DatasetStats]:
+    dataset = Dataset.from_directory(folder)
+    return dataset, dataset.stats()
+
+
+def _unreadable_images(images: Iterable[Path], stop: threading.Event) -> dict[Path, str]:
+    bad: dict[Path, str] = {}
+    for path in images:
+        if stop.is_set():
+            break
+        reason = check_image(path)
+        if reason:
+            bad[path] = reason
+    return bad
+
+
+class _WriteBehindJobStore(JobStore):
+    """A :class:`JobStore` whose ``save`` runs on its own thread.
+
+    ``LoraCreator.watch`` saves the job on the GUI thread at every status change; SQLite
+    commits fsync, which must not stall the window. Saves are queued in order on one
+    thread; :meth:`close` waits for them.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-store")
+
+    def save(self, job: Job) -> None:
+        snapshot = copy.deepcopy(job)
+        future = self._writer.submit(JobStore.save, self, snapshot)
+        future.add_done_callback(_log_store_failure)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        super().close()
+
+
+def _log_store_failure(future: Any) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("Could not record the job in the history", exc_info=exc)
+
+
+class StudioController(QObject):
+    """Owns the creator, the backend and the jobs; the panels talk only to it.
+
+    Signals (payloads are plain domain objects):
+        dataset_loading(str): a folder is being opened.
+        dataset_loaded(Dataset): a dataset is open.
+        dataset_failed(str): a folder could not be opened (the old dataset stays open).
+        images_checked(dict[Path, str]): unreadable images of the open dataset, and why.
+        caption_saved(Path, str): the caption text was written.
+        caption_failed(Path, str, str): the caption text was not written, and why.
+        config_changed(LoraConfig): the training settings changed.
+        base_model_checked(str, str, str): reference, description, error ("" if none).
+        output_dir_changed(str): the output folder changed.
+        estimate_changed(Estimate): new steps/time/VRAM estimate.
+        training_active_changed(bool): a run is starting or running (True) or not.
+        job_started(Job), job_progress(Progress), job_finished(Progress): the run; a run
+            that cannot start (bad output folder, missing model...) ends at once with a
+            FAILED job_finished whose ``error`` says why.
+        message(str, str): a message for the user: level (info/warning/error), text.
+    """
+
+    dataset_loading = Signal(str)
+    dataset_loaded = Signal(object)
+    dataset_failed = Signal(str)
+    images_checked = Signal(object)
+    caption_saved = Signal(object, str)
+    caption_failed = Signal(object, str, str)
+    config_changed = Signal(object)
+    base_model_checked = Signal(str, str, str)
+    output_dir_changed = Signal(str)
+    estimate_changed = Signal(object)
+    training_active_changed = Signal(bool)
+    job_started = Signal(object)
+    job_progress = Signal(object)
+    job_finished = Signal(object)
+    message = Signal(str, str)
+
+    def __init__(
+        self,
+        *,
+        base_model: str | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        config: LoraConfig | None = None,
+        job_store_path: str | os.PathLike[str] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._loop = loop or asyncio.get_event_loop()
+        self.threads = QtWorkerStarter(self)
+        out = Path(output_dir).expanduser() if output_dir else paths.default_output_dir()
+        self.creator = LoraCreator(base_model or DEFAULT_BASE_MODEL, out)
+        self.creator.with_config(config or demo_config())
+        self.backend = LocalBackend(
+            BackendConfig(BackendType.LOCAL, out), start_worker=self.threads
+        )
+        self.creator.with_backend(self.backend)
+        self._store_path = Path(job_store_path) if job_store_path else paths.job_db_path()
+        self._store: JobStore | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._items: dict[Path, ImageItem] = {}
+        self._dataset_generation = 0
+        self._image_check_stop: threading.Event | None = None
+        self._caption_pending: dict[Path, str] = {}
+        self._caption_items: dict[Path, ImageItem] = {}
+        self._caption_tasks: dict[Path, asyncio.Task[None]] = {}
+        self._estimate_dirty = False
+        self._estimate_task: asyncio.Task[None] | None = None
+        self._base_model_generation = 0
+        self._base_model_error: str | None = None
+        self._job: Job | None = None
+        self._starting = False
+        self._cancel_when_started = False
+        self._cancel_step: int | None = None
+        self._last_progress: Progress | None = None
+        self._started = False
+        self._closed = False
+
+    # ---- state ---------------------------------------------------------------------------
+
+    @property
+    def dataset(self) -> Dataset | None:
+        return self.creator.dataset
+
+    @property
+    def config(self) -> LoraConfig:
+        return self.creator.config
+
+    @property
+    def base_model(self) -> str:
+        return self.creator.base_model
+
+    @property
+    def base_model_error(self) -> str | None:
+        """Why the base model cannot be used, once checked (``None``: fine or unchecked)."""
+        return self._base_model_error
+
+    @property
+    def output_dir(self) -> Path:
+        return self.creator.output_dir
+
+    @property
+    def current_job(self) -> Job | None:
+        return self._job
+
+    @property
+    def is_training(self) -> bool:
+        """A run is being started or is running."""
+        return self._starting or self._job is not None
+
+    @property
+    def last_progress(self) -> Progress | None:
+        return self._last_progress
+
+    @property
+    def cancel_requested_at_step(self) -> int | None:
+        """The trainer's step when the stop request reached it (``None``: not cancelled)."""
+        return self._cancel_step
+
+    @property
+    def pending_tasks(self) -> int:
+        return len(self._tasks)
+
+    def start(self) -> None:
+        """Open the job history and check the base model (call once the loop exists)."""
+        if self._started:
+            return
+        self._started = True
+        self._spawn(self._open_job_store(), "open the job history")
+        self.check_base_model()
+        self.refresh_estimate()
+
+    # ---- dataset -------------------------------------------------------------------------
+
+    def open_dataset(self, folder: str | os.PathLike[str]) -> asyncio.Task[None]:
+        """Open ``folder`` as the dataset, off the GUI thread."""
+        self._dataset_generation += 1
+        return self._spawn(
+            self._open_dataset(Path(folder).expanduser(), self._dataset_generation),
+            "open the dataset",
+        )
+
+    def open_sample_dataset(self) -> asyncio.Task[None]:
+        """Open the user's copy of the bundled sample dataset (made on first use)."""
+        self._dataset_generation += 1
+        return self._spawn(self._open_sample(self._dataset_generation), "open the sample dataset")
+
+    async def _open_sample(self, generation: int) -> None:
+        try:
+            folder = await asyncio.to_thread(ensure_sample_copy)
+        except OSError as exc:
+            self._say(
+                ERROR,
+                f"Cannot copy the sample dataset to {sample_copy_dir()}: {exc.strerror or exc}.",
+            )
+            return
+        await self._open_dataset(folder, generation)
+
+    async def _open_dataset(self, folder: Path, generation: int) -> None:
+        self.dataset_loading.emit(str(folder))
+        try:
+            # Statistics stat() every image: for a big folder that belongs off-thread too.
+            dataset, stats = await asyncio.to_thread(_open_with_stats, folder)
+        except (DatasetError, OSError) as exc:
+            if generation != self._dataset_generation:
+                return
+            text = (
+                str(exc)
+                if isinstance(exc, DatasetError)
+                else f"Cannot open {folder}: {exc.strerror or exc}."
+            )
+            if self.creator.dataset is not None:
+                text += f" {self.creator.dataset.root.name} stays open."
+            self.dataset_failed.emit(text)
+            self._say(ERROR, text)
+            return
+        if generation != self._dataset_generation:
+            return  # the user opened another folder meanwhile; that one wins
+        if self._image_check_stop is not None:
+            self._image_check_stop.set()
+        self.creator.set_dataset(dataset)
+        self._items = {item.path: item for item in dataset.images}
+        self.dataset_loaded.emit(dataset)
+        self._say(
+            INFO,
+            f"Opened {dataset.root}: {stats.total_images} images, "
+            f"{stats.images_with_captions} with captions.",
+        )
+        odd = [item for item in dataset.images if item.caption_encoding != "utf-8"]
+        if odd:
+            names = ", ".join(item.name for item in odd[:3]) + (" \u2026" if len(odd) > 3 else "")
+            self._say(
+                WARNING,
+                f"{len(odd)} caption file(s) are not UTF-8 and were read as "
+                f"{odd[0].caption_encoding} ({names}). Editing one saves UTF-8 and keeps "
+                f"the original as .txt.orig.",
+            )
+        self.refresh_estimate()
+        stop = threading.Event()
+        self._image_check_stop = stop
+        self._spawn(self._check_images(dataset, stop), "check the images")
+
+    async def _check_images(self, dataset: Dataset, stop: threading.Event) -> None:
+        bad = await asyncio.to_thread(_unreadable_images, [i.path for i in dataset], stop)
+        if stop.is_set() or dataset is not self.creator.dataset:
+            return
+        for item in dataset.images:
+            if item.path in bad:
+                item.problem = bad[item.path]
+        self.images_checked.emit(bad)
+        if bad:
+            first_path, first_reason = next(iter(bad.items()))
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            self._say(
+                WARNING,
+                f"{len(bad)} image(s) cannot be read and will be skipped in training: "
+                f"{first_path.name} ({first_reason}){more}.",
+            )
+
+    # ---- captions ------------------------------------------------------------------------
+
+    def save_caption(self, path: Path, text: str) -> None:
+        """Save ``text`` as the caption of image ``path``, off the GUI thread.
+
+        Edits of one image are written in order and coalesced: only the newest text of a
+        burst of edits is written. Answers with :attr:`caption_saved` or
+        :attr:`caption_failed`.
+        """
+        item = self._items.get(path)
+        if item is None:
+            self.caption_failed.emit(path, text, "This image is not in the open dataset.")
+            return
+        self._caption_items[path] = item
+        self._caption_pending[path] = text
+        if path not in self._caption_tasks:
+            self._caption_tasks[path] = self._spawn(self._save_captions(path), "save a caption")
+
+    async def _save_captions(self, path: Path) -> None:
+        try:
+            while path in self._caption_pending:
+                text = self._caption_pending.pop(path)
+                item = self._caption_items[path]
+                try:
+                    # Write through a copy: the live item is only updated here, on the
+                    # GUI thread, once the file is safely on disk.
+                    saved = await asyncio.to_thread(write_caption, dataclasses.replace(item), text)
+                except CaptionError as exc:
+                    self.caption_failed.emit(path, text, str(exc))
+                    self._say(
+                        ERROR,
+                        f"{exc} Your text is kept in the caption grid; edit it again to retry.",
+                    )
+                    continue
+                item.caption = saved.caption
+                item.caption_encoding = saved.caption_encoding
+                item.problem = saved.problem
+                self.caption_saved.emit(path, text)
+                self._say(INFO, f"Saved the caption of {item.name}.")
+        finally:
+            self._caption_tasks.pop(path, None)
+
+    async def flush_captions(self) -> None:
+        """Wait until every caption save under way has finished."""
+        while self._caption_tasks:
+            await asyncio.gather(*list(self._caption_tasks.values()), return_exceptions=True)
+
+    # ---- settings --------------------------------------------------------------------------
+
+    def set_config(self, config: LoraConfig) -> bool:
+        """Use ``config`` for the next run; ``False`` (and a message) if it is invalid."""
+        if config == self.creator.config:
+            return True
+        try:
+            self.creator.with_config(config)
+        except ConfigError as exc:
+            self._say(ERROR, str(exc))
+            return False
+        self.config_changed.emit(config)
+        self.refresh_estimate()
+        return True
+
+    def apply_preset(self, key: str) -> bool:
+        """Load preset ``key``'s values, keeping the output name and trigger word."""
+        current = self.creator.config
+        try:
+            config = LoraConfig.from_preset(key).replace(
+                name=current.name, trigger_word=current.trigger_word
+            )
+        except ConfigError as exc:
+            self._say(ERROR, str(exc))
+            return False
+        return self.set_config(config)
+
+    def set_base_model(self, ref: str) -> None:
+        """Train on ``ref`` (built-in name, diffusers folder, checkpoint file or HF id)."""
+        ref = ref.strip()
+        if ref == self.creator.base_model:
+            return
+        self.creator.with_base_model(ref)
+        self.check_base_model(announce=True)
+        self.refresh_estimate()
+
+    def check_base_model(self, *, announce: bool = False) -> asyncio.Task[None]:
+        """Resolve the base model off the GUI thread; answers with :attr:`base_model_checked`."""
+        self._base_model_generation += 1
+        return self._spawn(
+            self._check_base_model(self.creator.base_model, self._base_model_generation, announce),
+            "check the base model",
+        )
+
+    async def _check_base_model(self, ref: str, generation: int, announce: bool) -> None:
+        try:
+            resolved = await asyncio.to_thread(resolve_base_model, ref)
+        except LoraStudioError as exc:
+            if generation == self._base_model_generation:
+                self._base_model_error = str(exc)
+                self.base_model_checked.emit(ref, "", str(exc))
+                if announce:
+                    self._say(ERROR, str(exc))
+            return
+        if generation == self._base_model_generation:
+            self._base_model_error = None
+            self.base_model_checked.emit(ref, describe_base_model(resolved), "")
+
+    def set_output_dir(self, folder: str | os.PathLike[str]) -> None:
+        """Write LoRAs to ``folder`` (checked when training starts)."""
+        path = Path(folder).expanduser()
+        if path == self.creator.output_dir:
+            return
+        self.creator.with_output_dir(path)
+        self.output_dir_changed.emit(str(path))
+
+    def save_config(self, path: str | os.PathLike[str]) -> asyncio.Task[None]:
+        """Save the current settings as TOML, off the GUI thread."""
+        return self._spawn(self._save_config(Path(path), self.creator.config), "save the config")
+
+    async def _save_config(self, path: Path, config: LoraConfig) -> None:
+        try:
+            await asyncio.to_thread(config.save, path)
+        except OSError as exc:
+            self._say(ERROR, f"Cannot save the settings to {path}: {exc.strerror or exc}.")
+            return
+        self._say(INFO, f"Saved the settings to {path}.")
+
+    def load_config(self, path: str | os.PathLike[str]) -> asyncio.Task[None]:
+        """Load settings from a TOML file, off the GUI thread."""
+        return self._spawn(self._load_config(Path(path)), "load the config")
+
+    async def _load_config(self, path: Path) -> None:
+        try:
+            config = await asyncio.to_thread(LoraConfig.load, path)
+        except ConfigError as exc:
+            self._say(ERROR, str(exc))
+            return
+        if self.set_config(config):
+            self._say(INFO, f"Loaded the settings from {path}.")
+
+    # ---- estimate ----------------------------------------------------------------------------
+
+    def refresh_estimate(self) -> None:
+        """Recompute the estimate soon (coalesced: one computation at a time)."""
+        self._estimate_dirty = True
+        if self._estimate_task is None:
+            self._estimate_task = self._spawn(self._estimate_loop(), "estimate the run")
+
+    async def _estimate_loop(self) -> None:
+        try:
+            while self._estimate_dirty:
+                self._estimate_dirty = False
+                # Off the GUI thread: resolving a checkpoint reads its header.
+                estimate: Estimate = await asyncio.to_thread(self.creator.estimate)
+                if not self._estimate_dirty:
+                    self.estimate_changed.emit(estimate)
+        finally:
+            self._estimate_task = None
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def start_training(self) -> asyncio.Task[None] | None:
+        """Start a local training run with the current dataset and settings."""
+        if self.is_training:
+            self._say(WARNING, "A training run is already going; cancel it first.")
+            return None
+        self._starting = True
+        self._cancel_when_started = False
+        self._cancel_step = None
+        self.training_active_changed.emit(True)
+        return self._spawn(self._train(), "train")
+
+    async def _train(self) -> None:
+        try:
+            # Captions typed a moment ago must be on disk before the dataset is snapshot.
+            await self.flush_captions()
+            # Checks the model and the output folder off the GUI thread, then submits.
+            job = await self.creator.train()
+        except LoraStudioError as exc:
+            self._starting = False
+            self.training_active_changed.emit(False)
+            failed = Progress(status=JobStatus.FAILED, error=str(exc), message="Failed")
+            self._last_progress = failed
+            self.job_finished.emit(failed)
+            self._say(ERROR, str(exc))
+            return
+        except BaseException:
+            self._starting = False
+            self.training_active_changed.emit(False)
+            raise
+        self._job = job
+        self._starting = False
+        self.job_started.emit(job)
+        self._say(INFO, f"Training {job.name} with {self.creator.base_model}\u2026")
+        if self._cancel_when_started:
+            self.cancel_training()
+        final: Progress | None = None
+        try:
+            async for progress in self.creator.watch(job.id):
+                final = progress
+                self._last_progress = progress
+                self.job_progress.emit(progress)
+        finally:
+            self._job = None
+            self.training_active_changed.emit(False)
+        if final is None or not final.is_finished():
+            final = (final or Progress()).evolve(
+                status=JobStatus.FAILED, error="The training run ended without a result."
+            )
+        self._last_progress = final
+        self.job_finished.emit(final)
+        if final.status is JobStatus.SUCCEEDED:
+            self._say(INFO, f"Training finished: {final.output_path}")
+        elif final.status is JobStatus.CANCELLED:
+            where = f"; the LoRA so far is in {final.output_path}" if final.output_path else ""
+            self._say(WARNING, f"Training cancelled after step {final.step}{where}.")
+        else:
+            self._say(ERROR, f"Training failed: {final.error or 'no reason given'}")
+
+    def cancel_training(self) -> asyncio.Task[None] | None:
+        """Ask the running job to stop; it ends within one training step."""
+        job = self._job
+        if job is None:
+            if self._starting:
+                self._cancel_when_started = True
+            return None
+        return self._spawn(self._cancel(job), "cancel training")
+
+    async def _cancel(self, job: Job) -> None:
+        await self.creator.cancel(job.id)
+        latest = await self.creator.monitor_progress(job.id)
+        self._cancel_step = latest.step
+        self._say(INFO, f"Stopping {job.name} after the current step (step {latest.step})\u2026")
+
+    # ---- shutdown ------------------------------------------------------------------------------
+
+    def shutdown(self, timeout: float = 60.0) -> bool:
+        """Stop everything before the app exits: cancel a run, wait for its thread.
+
+        Blocking by design (called after the window has closed). Returns ``True`` when no
+        worker thread is left running.
+        """
+        if self._closed:
+            return not self.threads.running
+        self._closed = True
+        if self._image_check_stop is not None:
+            self._image_check_stop.set()
+        for job in self.backend.running_jobs():
+            _drive(self.creator.cancel(job.id))
+        clean = self.threads.join_all(timeout)
+        if not clean:
+            log.error("A training thread did not stop within %.0f s", timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        return clean
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    async def _open_job_store(self) -> None:
+        try:
+            store = await asyncio.to_thread(_WriteBehindJobStore, self._store_path)
+        except Exception as exc:  # sqlite3.Error or OSError: history is optional
+            log.warning("Cannot open the job history %s", self._store_path, exc_info=True)
+            self._say(
+                WARNING,
+                f"The job history ({self._store_path}) cannot be opened ({exc}); runs will "
+                f"not be recorded.",
+            )
+            return
+        if self._closed:
+            store.close()
+            return
+        self._store = store
+        self.creator.job_store = store
+
+    def _spawn(self, coro: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T]:
+        task = self._loop.create_task(coro)
+        # asyncio keeps only weak references to tasks: hold them until they end.
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, what))
+        return task
+
+    def _task_done(self, what: str, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if isinstance(exc, LoraStudioError):
+            log.warning("Could not %s: %s", what, exc)
+            self._say(ERROR, str(exc))
+            return
+        log.error("Unexpected error while trying to %s", what, exc_info=exc)
+        self._say(
+            ERROR,
+            f"Unexpected error while trying to {what}: {type(exc).__name__}: {exc} "
+            f"(details in {log_file()}).",
+        )
+
+    def _say(self, level: str, text: str) -> None:
+        log.log({INFO: logging.INFO, WARNING: logging.WARNING}.get(level, logging.ERROR), text)
+        if not self._closed:
+            self.message.emit(level, text)
+
+
+def _drive(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run a coroutine that never suspends, without an event loop.
+
+    At shutdown the asyncio loop has stopped, but ``LocalBackend.cancel`` only sets the
+    trainer's stop flag; driving it by hand stops the run without restarting the loop.
+    """
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    log.error("Cancelling at shutdown needed the event loop; the run was not cancelled.")

@@ -1,0 +1,368 @@
+"""The Qt item model over a dataset's images: one row per :class:`ImageItem`.
+
+Columns: image (file name + thumbnail), caption (editable), status (saved / saving /
+not saved / problems). Both the dataset browser (a thumbnail grid on column 0) and the
+caption editor grid show this one model.
+
+The model never writes files. Editing a caption records the new text as *pending*, shows
+it, and emits :attr:`DatasetModel.caption_edit_requested`; the controller saves it off the
+GUI thread and answers with :meth:`caption_saved` or :meth:`caption_failed`. A failed save
+keeps the edited text visible (marked "not saved") so nothing the user typed is lost;
+editing the caption again retries.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QBrush, QIcon, QImage, QPixmap
+
+from lora_studio.core.dataset import Dataset, ImageItem
+from lora_studio.gui import artwork
+from lora_studio.gui.thumbnail_loader import THUMBNAIL_SIZE, ThumbnailLoader
+
+Index = QModelIndex | QPersistentModelIndex
+_USER = int(Qt.ItemDataRole.UserRole)
+
+
+class Role(enum.IntEnum):
+    """Custom data roles."""
+
+    ITEM = _USER + 1  #: the :class:`ImageItem`
+    PATH = _USER + 2  #: the image's :class:`Path`
+    HAS_CAPTION = _USER + 3  #: bool: a (saved or pending) non-empty caption
+    CAPTION_STATE = _USER + 4  #: :class:`CaptionState`
+    PROBLEM = _USER + 5  #: str | None: what is wrong with the item
+
+
+class CaptionState(enum.Enum):
+    CLEAN = "clean"  # as on disk, not edited in this session
+    SAVING = "saving"
+    SAVED = "saved"
+    FAILED = "failed"
+
+
+class Column(enum.IntEnum):
+    IMAGE = 0
+    CAPTION = 1
+    STATUS = 2
+
+
+_HEADERS = {Column.IMAGE: "Image", Column.CAPTION: "Caption", Column.STATUS: "Status"}
+_ICON_CACHE_LIMIT = 3000  # QIcons kept in memory; evicted ones come back from the disk cache
+
+
+class DatasetModel(QAbstractTableModel):
+    """Rows are the images of the current dataset (see the module docstring).
+
+    Signals:
+        caption_edit_requested(path, text): the user changed a caption; save it.
+        counts_changed(): image/caption counts or problems may have changed.
+    """
+
+    caption_edit_requested = Signal(object, str)
+    counts_changed = Signal()
+
+    def __init__(
+        self, thumbnails: ThumbnailLoader | None = None, parent: QObject | None = None
+    ) -> None:
+        super().__init__(parent)
+        self._dataset: Dataset | None = None
+        self._items: list[ImageItem] = []
+        self._rows: dict[Path, int] = {}
+        self._pending: dict[Path, str] = {}
+        self._states: dict[Path, CaptionState] = {}
+        self._save_errors: dict[Path, str] = {}
+        self._icons: OrderedDict[Path, QIcon] = OrderedDict()
+        self._broken: dict[Path, str] = {}
+        self._thumbnails = thumbnails
+        if thumbnails is not None:
+            thumbnails.thumbnail_ready.connect(self._on_thumbnail_ready)
+            thumbnails.thumbnail_failed.connect(self._on_thumbnail_failed)
+
+    # ---- the dataset ---------------------------------------------------------------
+
+    @property
+    def dataset(self) -> Dataset | None:
+        return self._dataset
+
+    def set_dataset(self, dataset: Dataset | None) -> None:
+        """Show ``dataset`` (``None``: nothing)."""
+        self.beginResetModel()
+        if self._thumbnails is not None:
+            self._thumbnails.cancel_pending()
+        self._dataset = dataset
+        self._items = list(dataset.images) if dataset is not None else []
+        self._rows = {item.path: row for row, item in enumerate(self._items)}
+        self._pending.clear()
+        self._states.clear()
+        self._save_errors.clear()
+        self._broken.clear()
+        # Reopening a folder is how a user refreshes it: thumbnails come back from the
+        # disk cache, which notices changed files (keyed by mtime and size).
+        self._icons.clear()
+        self.endResetModel()
+        self.counts_changed.emit()
+
+    def item(self, row: int) -> ImageItem:
+        return self._items[row]
+
+    def row_of(self, path: Path) -> int | None:
+        return self._rows.get(path)
+
+    def index_of(self, path: Path, column: int = Column.IMAGE) -> QModelIndex:
+        row = self._rows.get(path)
+        return self.index(row, column) if row is not None else QModelIndex()
+
+    def counts(self) -> tuple[int, int]:
+        """``(images, images with a saved caption)``."""
+        return len(self._items), sum(1 for item in self._items if item.has_caption)
+
+    def problems(self) -> list[str]:
+        """One line per item with a problem (unreadable image, odd caption encoding...)."""
+        lines = []
+        for item in self._items:
+            problem = self._problem(item)
+            if problem:
+                lines.append(f"{item.name}: {problem}")
+        return lines
+
+    def unsaved(self) -> dict[Path, str]:
+        """Captions whose save failed: path -> the text the user typed."""
+        return {
+            p: t for p, t in self._pending.items() if self._states.get(p) is CaptionState.FAILED
+        }
+
+    def state_counts(self) -> dict[CaptionState, int]:
+        """How many captions are saving / saved / failed (only edited rows are counted)."""
+        counts: dict[CaptionState, int] = {}
+        for state in self._states.values():
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def has_thumbnail(self, path: Path) -> bool:
+        """A thumbnail (or the broken-image placeholder) is ready for ``path``."""
+        return path in self._icons or path in self._broken
+
+    def caption_state(self, path: Path) -> CaptionState:
+        return self._states.get(path, CaptionState.CLEAN)
+
+    # ---- answers from the controller ---------------------------------------------------
+
+    def caption_saved(self, path: Path, text: str) -> None:
+        """The controller saved ``text`` as ``path``'s caption."""
+        if self._pending.get(path) == text:
+            del self._pending[path]
+            self._states[path] = CaptionState.SAVED
+            self._save_errors.pop(path, None)
+        self._row_changed(path)
+        self.counts_changed.emit()
+
+    def caption_failed(self, path: Path, text: str, message: str) -> None:
+        """Saving ``text`` failed: keep it visible, marked as not saved."""
+        if self._pending.get(path) == text:
+            self._states[path] = CaptionState.FAILED
+            self._save_errors[path] = message
+        self._row_changed(path)
+
+    def mark_unreadable(self, reasons: dict[Path, str]) -> None:
+        """Images found unreadable elsewhere (the controller's check): show them as broken."""
+        changed = [path for path in reasons if path in self._rows]
+        for path in changed:
+            self._broken[path] = reasons[path]
+        self.refresh(changed)
+
+    def refresh(self, paths: list[Path] | None = None) -> None:
+        """Items changed outside the model (problems found, captions reloaded)."""
+        if paths is None:
+            if self._items:
+                self.dataChanged.emit(
+                    self.index(0, 0), self.index(len(self._items) - 1, len(Column) - 1)
+                )
+        else:
+            for path in paths:
+                self._row_changed(path)
+        self.counts_changed.emit()
+
+    # ---- QAbstractItemModel ------------------------------------------------------------
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if parent.isValid() else len(self._items)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008, N802
+        return 0 if parent.isValid() else len(Column)
+
+    def headerData(  # noqa: N802
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if orientation is Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return _HEADERS.get(Column(section)) if 0 <= section < len(Column) else None
+        return None
+
+    def flags(self, index: Index) -> Qt.ItemFlag:
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        if index.column() == Column.CAPTION:
+            flags |= Qt.ItemFlag.ItemIsEditable
+        return flags
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._items):
+            return None
+        item = self._items[index.row()]
+        column = index.column()
+        if role == Role.ITEM:
+            return item
+        if role == Role.PATH:
+            return item.path
+        if role == Role.HAS_CAPTION:
+            return bool(self._caption_text(item).strip())
+        if role == Role.CAPTION_STATE:
+            return self.caption_state(item.path)
+        if role == Role.PROBLEM:
+            return self._problem(item)
+        if column == Column.IMAGE:
+            return self._image_data(item, role)
+        if column == Column.CAPTION:
+            return self._caption_data(item, role)
+        if column == Column.STATUS:
+            return self._status_data(item, role)
+        return None
+
+    def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
+        """Record a caption edit and ask the controller to save it (no file I/O here)."""
+        if role != Qt.ItemDataRole.EditRole or index.column() != Column.CAPTION:
+            return False
+        if not index.isValid() or not 0 <= index.row() < len(self._items):
+            return False
+        item = self._items[index.row()]
+        text = str(value if value is not None else "")
+        state = self.caption_state(item.path)
+        unchanged = text.strip() == (item.caption or "").strip()
+        # An unchanged caption needs no write, unless an earlier save of this row failed
+        # (then this edit is the retry) or another save is still under way.
+        if unchanged and state is not CaptionState.FAILED and item.path not in self._pending:
+            return False
+        self._pending[item.path] = text
+        self._states[item.path] = CaptionState.SAVING
+        self._save_errors.pop(item.path, None)
+        self._row_changed(item.path)
+        self.caption_edit_requested.emit(item.path, text)
+        return True
+
+    # ---- pieces --------------------------------------------------------------------------
+
+    def _caption_text(self, item: ImageItem) -> str:
+        pending = self._pending.get(item.path)
+        return pending if pending is not None else (item.caption or "")
+
+    def _problem(self, item: ImageItem) -> str | None:
+        return item.problem or self._broken.get(item.path)
+
+    def _image_data(self, item: ImageItem, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return item.name
+        if role == Qt.ItemDataRole.DecorationRole:
+            return self._icon(item.path)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            problem = self._problem(item)
+            text = str(item.path)
+            return f"{text}\n\u26a0 {problem}" if problem else text
+        if role == Qt.ItemDataRole.ForegroundRole and self._problem(item):
+            return QBrush(artwork.WARNING)
+        return None
+
+    def _caption_data(self, item: ImageItem, role: int) -> Any:
+        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
+            return self._caption_text(item)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            parts = []
+            error = self._save_errors.get(item.path)
+            if error:
+                parts.append(f"Not saved: {error} Edit the caption again to retry.")
+            if item.problem:
+                parts.append(item.problem)
+            text = self._caption_text(item)
+            parts.append(text if text else "No caption yet: double-click to write one.")
+            return "\n\n".join(parts)
+        return None
+
+    def _status_data(self, item: ImageItem, role: int) -> Any:
+        state = self.caption_state(item.path)
+        problem = self._problem(item)
+        if role == Qt.ItemDataRole.DisplayRole:
+            if state is CaptionState.FAILED:
+                return "\u26a0 Not saved"
+            if state is CaptionState.SAVING:
+                return "Saving\u2026"
+            if item.path in self._broken:
+                return "\u26a0 Unreadable"
+            if item.caption_encoding != "utf-8":
+                return "\u26a0 Not UTF-8"
+            if problem:
+                return "\u26a0 Problem"
+            if state is CaptionState.SAVED:
+                return "Saved \u2713"
+            return ""
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if state is CaptionState.FAILED:
+                return QBrush(artwork.ERROR)
+            if state is CaptionState.SAVED and not problem:
+                return QBrush(artwork.SUCCESS)
+            if problem or item.caption_encoding != "utf-8":
+                return QBrush(artwork.WARNING)
+            return QBrush(artwork.MUTED)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            error = self._save_errors.get(item.path)
+            if error:
+                return f"{error}\nYour text is kept here; edit the caption again to retry."
+            return problem or None
+        return None
+
+    def _icon(self, path: Path) -> QIcon:
+        icon = self._icons.get(path)
+        if icon is not None:
+            self._icons.move_to_end(path)
+            return icon
+        if path in self._broken:
+            return artwork.broken_image_icon(THUMBNAIL_SIZE)
+        if self._thumbnails is not None:
+            # data() is only asked for visible rows, so this is what makes loading lazy.
+            self._thumbnails.request(path)
+        return artwork.loading_icon(THUMBNAIL_SIZE)
+
+    def _on_thumbnail_ready(self, path: Path, image: QImage) -> None:
+        if path not in self._rows:
+            return  # from a dataset that is no longer shown
+        self._icons[path] = QIcon(QPixmap.fromImage(image))
+        self._icons.move_to_end(path)
+        while len(self._icons) > _ICON_CACHE_LIMIT:
+            self._icons.popitem(last=False)
+        self._row_changed(path, Column.IMAGE)
+
+    def _on_thumbnail_failed(self, path: Path, reason: str) -> None:
+        if path not in self._rows:
+            return
+        self._broken[path] = reason
+        self._row_changed(path)
+        self.counts_changed.emit()
+
+    def _row_changed(self, path: Path, column: int | None = None) -> None:
+        row = self._rows.get(path)
+        if row is None:
+            return
+        first = column if column is not None else 0
+        last = column if column is not None else len(Column) - 1
+        self.dataChanged.emit(self.index(row, first), self.index(row, last))

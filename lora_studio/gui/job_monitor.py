@@ -1,0 +1,300 @@
+"""The job monitor: status, progress, loss curve, log and result of the training run.
+
+It only shows :class:`~lora_studio.core.jobs.Progress` values handed to it, so it works the
+same whichever backend runs the job. Its Cancel button goes idle → running → "Stopping…"
+(disabled) → idle.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QFont, QFontDatabase, QTextCursor
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lora_studio.core.jobs import Job, JobStatus, Progress
+from lora_studio.gui import artwork
+from lora_studio.gui.loss_curve import LossCurve
+
+_LOG_KEEP = 400
+
+
+class MonitorState(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+def format_clock(seconds: float | None) -> str:
+    """``0:25``, ``12:03``, ``1:02:03`` (``–`` when unknown)."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "\u2013"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def status_text(progress: Progress | None) -> str:
+    """The headline: Idle / Preparing: Caching latents 3/12 / Running / ... / Cancelled."""
+    if progress is None:
+        return "Idle"
+    if progress.status is JobStatus.PREPARING:
+        return f"Preparing: {progress.message}" if progress.message else "Preparing\u2026"
+    return progress.status.label
+
+
+def stats_text(progress: Progress) -> str:
+    """``step 12/60 · epoch 1/5 · loss 0.1043 · 2.4 it/s · ETA 0:25``."""
+    parts = [f"step {progress.step}/{progress.total_steps}"]
+    if progress.total_epochs:
+        parts.append(f"epoch {progress.epoch}/{progress.total_epochs}")
+    if progress.loss is not None:
+        parts.append(f"loss {progress.loss:.4f}")
+    if progress.step > 0 and progress.elapsed_s > 0:
+        parts.append(f"{progress.step / progress.elapsed_s:.1f} it/s")
+    if progress.is_finished():
+        if progress.elapsed_s > 0:
+            parts.append(f"took {format_clock(progress.elapsed_s)}")
+    elif progress.eta_s is not None:
+        parts.append(f"ETA {format_clock(progress.eta_s)}")
+    return " \u00b7 ".join(parts)
+
+
+def new_log_lines(shown: list[str], tail: tuple[str, ...] | list[str]) -> list[str]:
+    """The lines of ``tail`` not yet shown.
+
+    ``Progress.log_tail`` is a sliding window over the log, so consecutive snapshots
+    overlap: find the longest end of ``shown`` that begins ``tail`` and return the rest.
+    """
+    tail = list(tail)
+    for k in range(min(len(shown), len(tail)), 0, -1):
+        if shown[-k:] == tail[:k]:
+            return tail[k:]
+    return tail
+
+
+_STATUS_COLORS = {
+    JobStatus.SUCCEEDED: artwork.SUCCESS,
+    JobStatus.FAILED: artwork.ERROR,
+    JobStatus.CANCELLED: artwork.WARNING,
+}
+
+
+class JobMonitor(QWidget):
+    """Shows the running (or last) training job.
+
+    Signals:
+        cancel_requested(): the user pressed Cancel.
+    """
+
+    cancel_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._state = MonitorState.IDLE
+        self._log_shown: list[str] = []
+        self._last: Progress | None = None
+
+        title = QLabel("<b>Training job</b>")
+        self.job_label = QLabel("No run yet")
+        self.job_label.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        self.status_label = QLabel("Idle")
+        font = self.status_label.font()
+        font.setPointSizeF(font.pointSizeF() * 1.35)
+        font.setBold(True)
+        self.status_label.setFont(font)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip(
+            "Stop the run after the current step; what was trained so far is saved"
+        )
+        self.cancel_button.setMinimumWidth(110)
+        self.cancel_button.clicked.connect(self._on_cancel_clicked)
+        head = QHBoxLayout()
+        head.addWidget(title)
+        head.addWidget(self.job_label, 1)
+        head.addWidget(self.cancel_button)
+
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("")
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setMinimumHeight(22)
+        self.stats_label = QLabel("")
+        self.stats_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error_label.setStyleSheet(f"color: {artwork.ERROR.name()}; font-weight: bold;")
+        self.error_label.hide()
+
+        self.output_label = QLabel("Output")
+        self.output_edit = QLineEdit()
+        self.output_edit.setReadOnly(True)
+        self.output_edit.setToolTip("The LoRA file this run wrote")
+        self.open_folder_button = QPushButton("Open folder")
+        self.open_folder_button.setToolTip("Show the output file in the file manager")
+        self.open_folder_button.clicked.connect(self._open_output_folder)
+        self.output_row = QWidget()
+        out = QHBoxLayout(self.output_row)
+        out.setContentsMargins(0, 0, 0, 0)
+        out.addWidget(self.output_label)
+        out.addWidget(self.output_edit, 1)
+        out.addWidget(self.open_folder_button)
+        self.output_row.hide()
+
+        self.loss_curve = LossCurve()
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(2000)
+        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+        mono.setPointSizeF(max(8.0, QFont().pointSizeF() * 0.9))
+        self.log_view.setFont(mono)
+        self.log_view.setPlaceholderText("Log lines of the run appear here")
+        body = QSplitter(Qt.Orientation.Horizontal)
+        body.addWidget(self.loss_curve)
+        body.addWidget(self.log_view)
+        body.setStretchFactor(0, 2)
+        body.setStretchFactor(1, 3)
+        body.setChildrenCollapsible(False)
+        self.body = body
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addLayout(head)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.stats_label)
+        layout.addWidget(self.error_label)
+        layout.addWidget(self.output_row)
+        layout.addWidget(body, 1)
+        self._apply_state()
+
+    # ---- state -----------------------------------------------------------------------
+
+    @property
+    def state(self) -> MonitorState:
+        return self._state
+
+    @property
+    def last_progress(self) -> Progress | None:
+        return self._last
+
+    def log_lines(self) -> list[str]:
+        return list(self._log_shown)
+
+    def _set_state(self, state: MonitorState) -> None:
+        self._state = state
+        self._apply_state()
+
+    def _apply_state(self) -> None:
+        stopping = self._state is MonitorState.STOPPING
+        self.cancel_button.setText("Stopping\u2026" if stopping else "Cancel")
+        self.cancel_button.setEnabled(self._state in (MonitorState.STARTING, MonitorState.RUNNING))
+
+    # ---- slots (connected to the controller) -------------------------------------------
+
+    def set_training_active(self, active: bool) -> None:
+        """A run is starting (``True``) or no run is going any more (``False``)."""
+        if active and self._state is MonitorState.IDLE:
+            self._reset()
+            self.status_label.setText("Starting\u2026")
+            self._set_state(MonitorState.STARTING)
+        elif not active:
+            self._set_state(MonitorState.IDLE)
+
+    def on_job_started(self, job: Job) -> None:
+        self.job_label.setText(f"{job.name} \u00b7 {job.base_model}")
+        if self._state is not MonitorState.STOPPING:
+            self._set_state(MonitorState.RUNNING)
+
+    def on_progress(self, progress: Progress) -> None:
+        self._last = progress
+        self.status_label.setText(status_text(progress))
+        self.status_label.setStyleSheet(self._status_style(progress.status))
+        total = max(1, progress.total_steps)
+        self.progress_bar.setRange(0, total)
+        if progress.status is JobStatus.SUCCEEDED:
+            self.progress_bar.setValue(total)
+        else:
+            self.progress_bar.setValue(min(progress.step, total))
+        if progress.status is JobStatus.PREPARING:
+            self.progress_bar.setFormat("Preparing\u2026")
+        elif progress.total_steps:
+            self.progress_bar.setFormat(f"{progress.step} / {progress.total_steps} steps (%p%)")
+        self.stats_label.setText(stats_text(progress) if progress.total_steps else "")
+        self.loss_curve.set_values(progress.loss_history, progress.step)
+        fresh = new_log_lines(self._log_shown, progress.log_tail)
+        if fresh:
+            self.log_view.appendPlainText("\n".join(fresh))
+            # Follow the log, as a terminal would (the scroll range updates lazily, so
+            # move the cursor rather than the scroll bar).
+            self._follow_log()
+            # Once more after the layout settles: showing the output row shrinks the log.
+            QTimer.singleShot(0, self, self._follow_log)
+            self._log_shown.extend(fresh)
+            del self._log_shown[:-_LOG_KEEP]
+        if progress.error:
+            self.error_label.setText(f"{progress.status.label}: {progress.error}")
+            self.error_label.show()
+        if progress.output_path:
+            self.output_edit.setText(progress.output_path)
+            self.output_edit.setCursorPosition(len(progress.output_path))
+            self.output_row.show()
+
+    def on_finished(self, progress: Progress) -> None:
+        self.on_progress(progress)
+        if progress.status is JobStatus.FAILED and not progress.error:
+            self.error_label.setText("Failed: the run stopped without giving a reason.")
+            self.error_label.show()
+        self._set_state(MonitorState.IDLE)
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._last = None
+        self._log_shown.clear()
+        self.log_view.clear()
+        self.loss_curve.set_values(())
+        self.error_label.hide()
+        self.output_row.hide()
+        self.output_edit.clear()
+        self.stats_label.setText("")
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("")
+        self.status_label.setStyleSheet("")
+
+    def _follow_log(self) -> None:
+        self.log_view.moveCursor(QTextCursor.MoveOperation.End)
+        self.log_view.ensureCursorVisible()
+
+    def _status_style(self, status: JobStatus) -> str:
+        color = _STATUS_COLORS.get(status)
+        return f"color: {color.name()};" if color is not None else ""
+
+    def _on_cancel_clicked(self) -> None:
+        if self._state in (MonitorState.STARTING, MonitorState.RUNNING):
+            self._set_state(MonitorState.STOPPING)
+            self.cancel_requested.emit()
+
+    def _open_output_folder(self) -> None:
+        text = self.output_edit.text()
+        if text:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(text).parent)))

@@ -1,0 +1,579 @@
+"""The main window: the four panels, the File menu, messages, drag and drop.
+
+Layout (splitters, so every border can be dragged)::
+
+    ┌ dataset browser ┬ caption grid ┬ preset form ┐
+    │                 │              │  estimate   │
+    │                 │              │  [ Train ]  │
+    ├─────────────────┴──────────────┴─────────────┤
+    │ job monitor: status, progress, loss, log      │
+    └───────────────────────────────────────────────┘
+
+The window wires panels to the :class:`~lora_studio.gui.controller.StudioController`; it
+reads and writes no files itself (QSettings aside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import (
+    QByteArray,
+    QItemSelection,
+    QItemSelectionModel,
+    QMimeData,
+    QSettings,
+    Qt,
+    QTimer,
+)
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDragLeaveEvent,
+    QDragMoveEvent,
+    QDropEvent,
+    QKeySequence,
+    QResizeEvent,
+)
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lora_studio.core.config import LoraConfig
+from lora_studio.core.dataset import IMAGE_EXTENSIONS, Dataset
+from lora_studio.core.estimates import Estimate
+from lora_studio.core.jobs import Progress
+from lora_studio.gui import artwork
+from lora_studio.gui import settings as app_settings
+from lora_studio.gui.caption_grid import CaptionGrid
+from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController
+from lora_studio.gui.dataset_browser import DatasetBrowser
+from lora_studio.gui.dataset_model import Column, DatasetModel
+from lora_studio.gui.job_monitor import JobMonitor, MonitorState
+from lora_studio.gui.preset_form import PresetForm
+from lora_studio.gui.thumbnail_loader import ThumbnailLoader
+
+log = logging.getLogger(__name__)
+
+APP_TITLE = "LoRA Studio"
+
+
+def dataset_folder_from_mime(mime: QMimeData) -> Path | None:
+    """The folder a drop means: a dropped folder, or the folder of dropped image files."""
+    if not mime.hasUrls():
+        return None
+    for url in mime.urls():
+        if not url.isLocalFile():
+            continue
+        path = Path(url.toLocalFile())
+        if path.is_dir():
+            return path
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            return path.parent
+    return None
+
+
+class MessageBar(QFrame):
+    """A one-line banner for warnings and errors, dismissible."""
+
+    _STYLES = {
+        INFO: ("#e8eaf6", "#3949ab", "\u2139"),
+        WARNING: ("#fff4e5", "#8a5300", "\u26a0"),
+        ERROR: ("#fdecea", "#b71c1c", "\u2716"),
+    }
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("messageBar")
+        self.icon = QLabel()
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.close_button = QToolButton()
+        self.close_button.setText("\u2715")
+        self.close_button.setAutoRaise(True)
+        self.close_button.setToolTip("Dismiss")
+        self.close_button.clicked.connect(self.hide)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(10, 6, 6, 6)
+        layout.addWidget(self.icon)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.close_button)
+        self.level = INFO
+        self.hide()
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def show_message(self, level: str, text: str) -> None:
+        background, color, icon = self._STYLES.get(level, self._STYLES[ERROR])
+        self.level = level
+        self.setStyleSheet(
+            f"#messageBar {{ background: {background}; border: 1px solid {color};"
+            f" border-radius: 4px; }} QLabel {{ color: {color}; }}"
+        )
+        self.icon.setText(icon)
+        self.label.setText(text)
+        self.show()
+
+
+class DropHint(QLabel):
+    """Covers the window while something droppable is dragged over it."""
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__("Drop to open as the dataset", parent)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setStyleSheet(
+            "background: rgba(63, 81, 181, 150); color: white; font-size: 24pt;"
+            " font-weight: bold; border: 4px dashed white; border-radius: 12px;"
+        )
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.hide()
+
+
+class MainWindow(QMainWindow):
+    """LoRA Studio's window (see the module docstring).
+
+    Args:
+        controller: the controller the panels talk to.
+        settings: where geometry, the last dataset and settings are remembered.
+        confirm_close: ask before quitting during a run or dropping unsaved captions;
+            tests and scripts turn it off (then a close during a run just cancels it).
+        thumbnails: the thumbnail loader (one is made if not given).
+    """
+
+    def __init__(
+        self,
+        controller: StudioController,
+        settings: QSettings | None = None,
+        *,
+        confirm_close: bool = True,
+        thumbnails: ThumbnailLoader | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.settings = settings if settings is not None else app_settings.open_settings()
+        self.confirm_close = confirm_close
+        self.messages: list[tuple[str, str]] = []
+        self._close_when_stopped = False
+        self._syncing_selection = False
+        self._closed = False
+
+        self.setWindowTitle(APP_TITLE)
+        self.setWindowIcon(artwork.app_icon())
+        self.setAcceptDrops(True)
+
+        self.thumbnails = thumbnails or ThumbnailLoader(parent=self)
+        self.dataset_model = DatasetModel(self.thumbnails, self)
+        self.browser = DatasetBrowser(self.dataset_model)
+        self.caption_grid = CaptionGrid(self.dataset_model)
+        self.preset_form = PresetForm(controller.config)
+        self.preset_form.set_base_model(controller.base_model)
+        self.preset_form.set_output_dir(str(controller.output_dir))
+        self.job_monitor = JobMonitor()
+        self.message_bar = MessageBar()
+
+        self.top_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.top_splitter.addWidget(self.browser)
+        self.top_splitter.addWidget(self.caption_grid)
+        self.top_splitter.addWidget(self.preset_form)
+        self.top_splitter.setStretchFactor(0, 3)
+        self.top_splitter.setStretchFactor(1, 5)
+        self.top_splitter.setStretchFactor(2, 4)
+        self.top_splitter.setChildrenCollapsible(False)
+        self.main_splitter = QSplitter(Qt.Orientation.Vertical)
+        self.main_splitter.addWidget(self.top_splitter)
+        self.main_splitter.addWidget(self.job_monitor)
+        self.main_splitter.setStretchFactor(0, 3)
+        self.main_splitter.setStretchFactor(1, 1)
+        self.main_splitter.setChildrenCollapsible(False)
+        for splitter in (self.top_splitter, self.main_splitter):
+            splitter.setHandleWidth(6)
+
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(6, 6, 6, 0)
+        layout.addWidget(self.message_bar)
+        layout.addWidget(self.main_splitter, 1)
+        self.setCentralWidget(central)
+        self.drop_hint = DropHint(central)
+
+        self._build_menus()
+        self.statusBar().showMessage("Ready")
+        self._connect()
+        self._restore_geometry()
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        self.open_action = QAction("&Open dataset folder\u2026", self)
+        self.open_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_action.triggered.connect(self.choose_dataset_folder)
+        self.sample_action = QAction("Open &sample dataset", self)
+        self.sample_action.triggered.connect(self.open_sample_dataset)
+        self.load_config_action = QAction("&Load settings\u2026", self)
+        self.load_config_action.triggered.connect(self.choose_config_to_load)
+        self.save_config_action = QAction("Sa&ve settings\u2026", self)
+        self.save_config_action.setShortcut(QKeySequence.StandardKey.Save)
+        self.save_config_action.triggered.connect(self.choose_config_to_save)
+        self.train_action = QAction("&Train", self)
+        self.train_action.setShortcut(QKeySequence("Ctrl+Return"))
+        self.train_action.triggered.connect(self._train_if_enabled)
+        self.quit_action = QAction("&Quit", self)
+        self.quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        self.quit_action.triggered.connect(self.close)
+        file_menu.addAction(self.open_action)
+        file_menu.addAction(self.sample_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.load_config_action)
+        file_menu.addAction(self.save_config_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.train_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+
+    def _connect(self) -> None:
+        c = self.controller
+        c.dataset_loading.connect(self.browser.set_loading)
+        c.dataset_loaded.connect(self._on_dataset_loaded)
+        c.dataset_failed.connect(self._on_dataset_failed)
+        c.images_checked.connect(self.dataset_model.mark_unreadable)
+        c.caption_saved.connect(self.dataset_model.caption_saved)
+        c.caption_failed.connect(self.dataset_model.caption_failed)
+        c.config_changed.connect(self._on_config_changed)
+        c.base_model_checked.connect(self._on_base_model_checked)
+        c.output_dir_changed.connect(self._on_output_dir_changed)
+        c.estimate_changed.connect(self._on_estimate)
+        c.training_active_changed.connect(self._on_training_active)
+        c.job_started.connect(self.job_monitor.on_job_started)
+        c.job_progress.connect(self.job_monitor.on_progress)
+        c.job_finished.connect(self._on_job_finished)
+        c.message.connect(self.show_message)
+
+        self.dataset_model.caption_edit_requested.connect(c.save_caption)
+        self.browser.open_folder_requested.connect(self.choose_dataset_folder)
+        self.browser.open_sample_requested.connect(self.open_sample_dataset)
+        self.preset_form.config_edited.connect(c.set_config)
+        self.preset_form.preset_selected.connect(c.apply_preset)
+        self.preset_form.base_model_edited.connect(c.set_base_model)
+        self.preset_form.output_dir_edited.connect(c.set_output_dir)
+        self.preset_form.train_requested.connect(c.start_training)
+        self.preset_form.save_config_requested.connect(self.choose_config_to_save)
+        self.preset_form.load_config_requested.connect(self.choose_config_to_load)
+        self.job_monitor.cancel_requested.connect(c.cancel_training)
+
+        self.browser.view.selectionModel().selectionChanged.connect(self._sync_from_browser)
+        self.caption_grid.table.selectionModel().selectionChanged.connect(self._sync_from_grid)
+        self.browser.view.doubleClicked.connect(
+            lambda index: self.caption_grid.edit_caption(index.row())
+        )
+
+    # ---- session -------------------------------------------------------------------------
+
+    def start_session(self, dataset: str | Path | None = None) -> None:
+        """Start the controller and open ``dataset``, the remembered one, or the sample."""
+        self.controller.start()
+        if dataset:
+            self.controller.open_dataset(dataset)
+            return
+        last = app_settings.read_session(self.settings).last_dataset
+        if not last:
+            self.controller.open_sample_dataset()
+            return
+        task = self.controller.open_dataset(last)
+
+        def fall_back(done: asyncio.Task[None]) -> None:
+            # The remembered folder is gone (moved, unplugged): show the sample instead
+            # of an empty window; the error message says what happened.
+            if not done.cancelled() and self.controller.dataset is None and not self._closed:
+                self.controller.open_sample_dataset()
+
+        task.add_done_callback(fall_back)
+
+    # ---- actions -------------------------------------------------------------------------
+
+    def choose_dataset_folder(self) -> None:
+        start = str(self.controller.dataset.root) if self.controller.dataset else ""
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of images", start)
+        if folder:
+            self.open_dataset(folder)
+
+    def open_dataset(self, folder: str | Path) -> None:
+        """Open ``folder`` as the dataset (after asking, if captions are unsaved)."""
+        if self._may_discard_unsaved():
+            self.controller.open_dataset(folder)
+
+    def open_sample_dataset(self) -> None:
+        """Open the user's copy of the sample dataset (after asking, if captions are unsaved)."""
+        if self._may_discard_unsaved():
+            self.controller.open_sample_dataset()
+
+    def _may_discard_unsaved(self) -> bool:
+        unsaved = self.dataset_model.unsaved()
+        if not unsaved or not self.confirm_close:
+            return True
+        answer = QMessageBox.warning(
+            self,
+            "Captions not saved",
+            f"{len(unsaved)} caption(s) could not be saved (see the caption grid). Open "
+            f"another dataset and lose those edits?",
+            QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
+        )
+        return answer == QMessageBox.StandardButton.Discard
+
+    def choose_config_to_save(self) -> None:
+        name = f"{self.controller.config.name}.toml"
+        path, _ = QFileDialog.getSaveFileName(self, "Save settings", name, "Settings (*.toml)")
+        if path:
+            self.controller.save_config(path)
+
+    def choose_config_to_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load settings", "", "Settings (*.toml);;All files (*)"
+        )
+        if path:
+            self.controller.load_config(path)
+
+    def select_image(self, row: int) -> None:
+        """Select the image in ``row`` in both the browser and the caption grid."""
+        index = self.dataset_model.index(row, Column.IMAGE)
+        self.browser.view.selectionModel().select(
+            index, QItemSelectionModel.SelectionFlag.ClearAndSelect
+        )
+        self.browser.view.setCurrentIndex(index)
+        self.browser.view.scrollTo(index)
+
+    def show_message(self, level: str, text: str) -> None:
+        """Show a message: errors and warnings in the banner, everything in the status bar."""
+        self.messages.append((level, text))
+        del self.messages[:-200]
+        first_line = text.splitlines()[0] if text else ""
+        self.statusBar().showMessage(first_line, 15_000 if level == INFO else 0)
+        if level in (WARNING, ERROR):
+            self.message_bar.show_message(level, text)
+
+    def _train_if_enabled(self) -> None:
+        if self.preset_form.train_button.isEnabled():
+            self.preset_form.train_button.click()
+
+    # ---- controller signals --------------------------------------------------------------------
+
+    def _on_dataset_loaded(self, dataset: Dataset) -> None:
+        self.dataset_model.set_dataset(dataset)
+        self.preset_form.set_image_count(len(dataset))
+        self.setWindowTitle(f"{dataset.root.name} \u2014 {APP_TITLE}")
+        app_settings.remember(self.settings, app_settings.KEY_LAST_DATASET, str(dataset.root))
+        if self.message_bar.isVisible() and self.message_bar.level == ERROR:
+            self.message_bar.hide()  # the error that came before is dealt with
+
+    def _on_dataset_failed(self, message: str) -> None:
+        self.browser.update_counts()
+
+    def _on_config_changed(self, config: LoraConfig) -> None:
+        self.preset_form.set_config(config)
+        app_settings.remember_config(self.settings, config)
+
+    def _on_base_model_checked(self, ref: str, description: str, error: str) -> None:
+        self.preset_form.set_base_model(ref, description, error)
+        if not error:
+            app_settings.remember(self.settings, app_settings.KEY_BASE_MODEL, ref)
+
+    def _on_output_dir_changed(self, folder: str) -> None:
+        self.preset_form.set_output_dir(folder)
+        app_settings.remember(self.settings, app_settings.KEY_OUTPUT_DIR, folder)
+
+    def _on_estimate(self, estimate: Estimate) -> None:
+        self.preset_form.set_estimate(estimate)
+
+    def _on_training_active(self, active: bool) -> None:
+        self.preset_form.set_training_active(active)
+        self.job_monitor.set_training_active(active)
+        self.train_action.setEnabled(not active)
+        if active and self.message_bar.isVisible() and self.message_bar.level == ERROR:
+            self.message_bar.hide()  # an error from before this run would only confuse
+        if not active and self._close_when_stopped:
+            QTimer.singleShot(0, self.close)
+
+    def _on_job_finished(self, progress: Progress) -> None:
+        self.job_monitor.on_finished(progress)
+
+    # ---- selection shared by the browser and the grid --------------------------------------------
+
+    def _sync_from_browser(self, *_: object) -> None:
+        if self._syncing_selection:
+            return
+        rows = sorted({i.row() for i in self.browser.view.selectionModel().selectedIndexes()})
+        grid = self.caption_grid
+        selection = QItemSelection()
+        for row in rows:
+            index = grid.proxy_index(self.dataset_model.index(row, Column.IMAGE))
+            if index.isValid():
+                selection.select(index, index)
+        self._syncing_selection = True
+        try:
+            flags = (
+                QItemSelectionModel.SelectionFlag.ClearAndSelect
+                | QItemSelectionModel.SelectionFlag.Rows
+            )
+            grid.table.selectionModel().select(selection, flags)
+            if not selection.isEmpty():
+                first = selection.indexes()[0]
+                grid.table.selectionModel().setCurrentIndex(
+                    first, QItemSelectionModel.SelectionFlag.NoUpdate
+                )
+                grid.table.scrollTo(first)
+        finally:
+            self._syncing_selection = False
+
+    def _sync_from_grid(self, *_: object) -> None:
+        if self._syncing_selection:
+            return
+        grid = self.caption_grid
+        rows = sorted(
+            {grid.source_index(i).row() for i in grid.table.selectionModel().selectedIndexes()}
+        )
+        selection = QItemSelection()
+        for row in rows:
+            if row >= 0:
+                index = self.dataset_model.index(row, Column.IMAGE)
+                selection.select(index, index)
+        self._syncing_selection = True
+        try:
+            view = self.browser.view
+            view.selectionModel().select(
+                selection, QItemSelectionModel.SelectionFlag.ClearAndSelect
+            )
+            if not selection.isEmpty():
+                first = selection.indexes()[0]
+                view.selectionModel().setCurrentIndex(
+                    first, QItemSelectionModel.SelectionFlag.NoUpdate
+                )
+                view.scrollTo(first)
+        finally:
+            self._syncing_selection = False
+
+    # ---- drag and drop ------------------------------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+            self._show_drop_hint(True)
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:  # noqa: N802
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dragLeaveEvent(self, event: QDragLeaveEvent) -> None:  # noqa: N802
+        self._show_drop_hint(False)
+        event.accept()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802
+        self._show_drop_hint(False)
+        folder = dataset_folder_from_mime(event.mimeData())
+        if folder is None:
+            self.show_message(
+                WARNING,
+                "Drop a folder of images (or image files: their folder is opened) to use it "
+                "as the dataset.",
+            )
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.open_dataset(folder)
+
+    def _show_drop_hint(self, visible: bool) -> None:
+        if visible:
+            self.drop_hint.setGeometry(self.centralWidget().rect().adjusted(12, 12, -12, -12))
+            self.drop_hint.raise_()
+            self.drop_hint.show()
+        else:
+            self.drop_hint.hide()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        if self.drop_hint.isVisible():
+            self._show_drop_hint(True)
+
+    # ---- closing ------------------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        if self.controller.is_training:
+            event.ignore()
+            if self._close_when_stopped:
+                return  # already stopping; the window closes when the run has ended
+            if self.confirm_close:
+                answer = QMessageBox.question(
+                    self,
+                    "Training is running",
+                    "A training run is going. Stop it and quit?\n\n"
+                    "It stops after the current step; what was trained so far is saved.",
+                )
+                if answer != QMessageBox.StandardButton.Yes:
+                    return
+            self._close_when_stopped = True
+            self.statusBar().showMessage("Stopping the training run before quitting\u2026")
+            if self.job_monitor.state is not MonitorState.STOPPING:
+                self.job_monitor.cancel_button.click()
+            return
+        unsaved = self.dataset_model.unsaved()
+        if unsaved and self.confirm_close:
+            answer = QMessageBox.warning(
+                self,
+                "Captions not saved",
+                f"{len(unsaved)} caption(s) could not be saved (see the caption grid). "
+                f"Quit anyway and lose those edits?",
+                QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
+            )
+            if answer != QMessageBox.StandardButton.Discard:
+                event.ignore()
+                return
+        self._save_window_state()
+        self.thumbnails.shutdown()
+        self._closed = True
+        event.accept()
+
+    def _save_window_state(self) -> None:
+        s = self.settings
+        s.setValue(app_settings.KEY_GEOMETRY, self.saveGeometry())
+        s.setValue(app_settings.KEY_WINDOW_STATE, self.saveState())
+        s.setValue(
+            app_settings.KEY_SPLITTERS,
+            [self.top_splitter.saveState(), self.main_splitter.saveState()],
+        )
+        s.sync()
+
+    def _restore_geometry(self) -> None:
+        geometry = self.settings.value(app_settings.KEY_GEOMETRY)
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1440, 900)
+        state = self.settings.value(app_settings.KEY_WINDOW_STATE)
+        if isinstance(state, QByteArray):
+            self.restoreState(state)
+        splitters = self.settings.value(app_settings.KEY_SPLITTERS)
+        if isinstance(splitters, list) and len(splitters) == 2:
+            for splitter, saved in zip(
+                (self.top_splitter, self.main_splitter), splitters, strict=True
+            ):
+                if isinstance(saved, QByteArray):
+                    splitter.restoreState(saved)
+        else:
+            self.top_splitter.setSizes([300, 560, 580])
+            self.main_splitter.setSizes([570, 290])

@@ -1,0 +1,615 @@
+"""The preset form: base model, output, preset and every training setting, plus the
+live estimate and the Train button.
+
+Labels, tooltips and ranges come from :class:`~lora_studio.core.config.LoraConfig`'s field
+metadata (``field_label``/``field_help``/``field_range``), the same source the CLI's
+``--help`` uses. The form validates by building the config the way the CLI does
+(:meth:`LoraConfig.replace`, i.e. ``coerce_config``): a value it rejects is outlined in red,
+explained under the form, and Train stays disabled until it is fixed. Valid edits go to
+the controller at once, which answers with a new estimate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lora_studio.core.config import (
+    PRESETS,
+    LoraConfig,
+    MixedPrecision,
+    field_help,
+    field_label,
+    field_range,
+)
+from lora_studio.core.errors import ConfigError
+from lora_studio.core.estimates import Estimate, format_duration
+from lora_studio.gui import artwork
+
+_INVALID_STYLE = f"border: 1px solid {artwork.ERROR.name()}; border-radius: 2px;"
+_PRECISION_LABELS = {
+    MixedPrecision.NO: "no (fp32)",
+    MixedPrecision.FP16: "fp16",
+    MixedPrecision.BF16: "bf16",
+}
+_SPIN_LIMIT = 2_000_000_000  # QSpinBox holds a C int
+
+
+def format_learning_rate(value: float) -> str:
+    """``2e-4`` rather than ``0.0002``: how learning rates are usually written."""
+    if value == 0 or 1e-2 <= abs(value) < 1e4:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def steps_formula(estimate: Estimate, config: LoraConfig, images: int) -> str:
+    """``12 images × 1 repeat × 5 epochs ÷ batch 1 = 60 steps``, spelled out."""
+    plan = estimate.plan
+    if images <= 0:
+        return "Open a dataset to see how many steps this is."
+    repeat_word = "repeat" if config.repeats == 1 else "repeats"
+    if plan.samples_per_epoch == images * config.repeats:
+        samples = f"{images} images \u00d7 {config.repeats} {repeat_word}"
+    else:
+        samples = f"{plan.samples_per_epoch} samples ({images} images with folder repeats)"
+    if config.gradient_accumulation_steps > 1:
+        divisor = (
+            f"(batch {config.batch_size} \u00d7 accumulation {config.gradient_accumulation_steps})"
+        )
+    else:
+        divisor = f"batch {config.batch_size}"
+    if config.max_steps:
+        return (
+            f"{plan.total_steps} steps (max steps) \u2248 {plan.epochs} epochs of "
+            f"{samples} \u00f7 {divisor}"
+        )
+    epoch_word = "epoch" if plan.epochs == 1 else "epochs"
+    return (
+        f"{samples} \u00d7 {plan.epochs} {epoch_word} \u00f7 {divisor} = {plan.total_steps} steps"
+    )
+
+
+def cost_text(estimate: Estimate) -> str:
+    """``≈ 9 s on a 2-core CPU · ≈ 0.1 GB VRAM``."""
+    return (
+        f"\u2248 {format_duration(estimate.seconds)} on {estimate.hardware} \u00b7 "
+        f"\u2248 {estimate.vram_gb:.1f} GB VRAM"
+    )
+
+
+# The fields a preset decides; name and trigger word are the user's own.
+_PRESET_FIELDS = (
+    "rank",
+    "alpha",
+    "resolution",
+    "epochs",
+    "max_steps",
+    "repeats",
+    "learning_rate",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "mixed_precision",
+    "train_text_encoder",
+)
+
+
+def preset_description(config: LoraConfig) -> str:
+    """The preset's description, plus which of its values were changed here."""
+    preset = PRESETS.get(config.preset)
+    if preset is None:
+        return ""
+    defaults = preset.factory()
+    changed = [
+        field_label(name).lower()
+        for name in _PRESET_FIELDS
+        if getattr(config, name) != getattr(defaults, name)
+    ]
+    if not changed:
+        return preset.description
+    return f"{preset.description} Changed here: {', '.join(changed)}."
+
+
+def _int_range(name: str, low_default: int = 0) -> tuple[int, int]:
+    lo, hi = field_range(name)
+    low = int(lo) if lo is not None else low_default
+    high = int(min(hi, _SPIN_LIMIT)) if hi is not None else _SPIN_LIMIT
+    return low, high
+
+
+class PresetForm(QWidget):
+    """Training settings, estimate and the Train button.
+
+    Signals:
+        config_edited(LoraConfig): the user changed a setting to a valid config.
+        preset_selected(str): the user picked a preset (its key).
+        base_model_edited(str): the user chose another base model.
+        output_dir_edited(str): the user chose another output folder.
+        train_requested(): Train was pressed.
+        save_config_requested(), load_config_requested(): the Save/Load buttons.
+    """
+
+    config_edited = Signal(object)
+    preset_selected = Signal(str)
+    base_model_edited = Signal(str)
+    output_dir_edited = Signal(str)
+    train_requested = Signal()
+    save_config_requested = Signal()
+    load_config_requested = Signal()
+
+    def __init__(self, config: LoraConfig, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._config = config
+        self._loading = False
+        self._errors: dict[str, str] = {}
+        self._valid = True
+        self._training = False
+        self._images = 0
+        self._base_model_error = ""
+        self._estimate: Estimate | None = None
+        self._fields: dict[str, QWidget] = {}
+        self._labels: dict[str, QLabel] = {}
+
+        # ---- base model and output ----
+        self.base_model_edit = QLineEdit()
+        self.base_model_edit.setPlaceholderText(
+            "builtin:tiny-sd15, a diffusers folder, a .safetensors file or org/name"
+        )
+        self.base_model_edit.setToolTip(
+            "The model the LoRA is trained for: builtin:tiny-sd15 (tiny, for trying the app), "
+            "a diffusers folder, a single .safetensors checkpoint, or a Hugging Face id "
+            "already in your cache."
+        )
+        self.base_model_edit.editingFinished.connect(self._on_base_model_edited)
+        self.base_folder_button = QPushButton("Folder\u2026")
+        self.base_folder_button.setToolTip(
+            "Choose a diffusers model folder (with model_index.json)"
+        )
+        self.base_folder_button.clicked.connect(self._choose_base_folder)
+        self.base_file_button = QPushButton("File\u2026")
+        self.base_file_button.setToolTip("Choose a single-file checkpoint (.safetensors)")
+        self.base_file_button.clicked.connect(self._choose_base_file)
+        self.base_model_status = QLabel()
+        self.base_model_status.setWordWrap(True)
+        self.output_edit = QLineEdit()
+        self.output_edit.setToolTip(
+            "The folder the .safetensors LoRA (and its .toml settings) is written to"
+        )
+        self.output_edit.editingFinished.connect(self._on_output_edited)
+        self.output_button = QPushButton("Choose\u2026")
+        self.output_button.clicked.connect(self._choose_output)
+
+        # ---- preset and settings ----
+        self.preset_box = QComboBox()
+        for key, preset in PRESETS.items():
+            self.preset_box.addItem(preset.label, key)
+        self.preset_box.setToolTip(
+            "Load a preset's settings (your output name and trigger word are kept)"
+        )
+        self.preset_box.activated.connect(self._on_preset_activated)
+        self.preset_description = QLabel()
+        self.preset_description.setWordWrap(True)
+        self.preset_description.setStyleSheet(f"color: {artwork.MUTED.name()};")
+
+        self.name_edit = self._line("name")
+        self.trigger_edit = self._line("trigger_word")
+        self.trigger_edit.setPlaceholderText("e.g. papercut style")
+        self.rank_spin = self._spin("rank")
+        self.alpha_spin = QDoubleSpinBox()
+        lo, hi = field_range("alpha")
+        self.alpha_spin.setRange(lo or 0.0, hi or 1e6)
+        self.alpha_spin.setDecimals(1)
+        self._register("alpha", self.alpha_spin)
+        self.alpha_spin.valueChanged.connect(self._on_edited)
+        self.resolution_spin = self._spin("resolution")
+        self.resolution_spin.setSingleStep(64)
+        self.resolution_spin.setSuffix(" px")
+        self.repeats_spin = self._spin("repeats")
+        self.epochs_spin = self._spin("epochs")
+        self.max_steps_spin = self._spin("max_steps")
+        self.max_steps_spin.setMinimum(0)  # 0 = off: train for the epochs instead
+        self.max_steps_spin.setSpecialValueText("off (use epochs)")
+        self.lr_edit = self._line("learning_rate")
+        self.batch_spin = self._spin("batch_size")
+        self.accum_spin = self._spin("gradient_accumulation_steps")
+        self.precision_box = QComboBox()
+        for value, label in _PRECISION_LABELS.items():
+            self.precision_box.addItem(label, value.value)
+        self._register("mixed_precision", self.precision_box)
+        self.precision_box.currentIndexChanged.connect(self._on_edited)
+        self.text_encoder_check = QCheckBox(field_label("train_text_encoder"))
+        self.text_encoder_check.setToolTip(field_help("train_text_encoder"))
+        self._fields["train_text_encoder"] = self.text_encoder_check
+        self.text_encoder_check.toggled.connect(self._on_edited)
+
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet(f"color: {artwork.ERROR.name()};")
+        self.error_label.hide()
+
+        # One grid for everything, no group boxes: the whole form fits without scrolling
+        # next to the caption grid on a 1440x900 screen.
+        inner = QWidget()
+        grid = QGridLayout(inner)
+        grid.setContentsMargins(0, 0, 4, 0)
+        grid.setHorizontalSpacing(8)
+        grid.setVerticalSpacing(6)
+        base_row = QHBoxLayout()
+        base_row.addWidget(self.base_model_edit, 1)
+        base_row.addWidget(self.base_folder_button)
+        base_row.addWidget(self.base_file_button)
+        grid.addWidget(_caption("Base model", self.base_model_edit), 0, 0)
+        grid.addLayout(base_row, 0, 1, 1, 3)
+        grid.addWidget(self.base_model_status, 1, 1, 1, 3)
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.output_edit, 1)
+        out_row.addWidget(self.output_button)
+        grid.addWidget(_caption("Output folder", self.output_edit), 2, 0)
+        grid.addLayout(out_row, 2, 1, 1, 3)
+        grid.addWidget(_rule(), 3, 0, 1, 4)
+        grid.addWidget(_caption("Preset", self.preset_box), 4, 0)
+        grid.addWidget(self.preset_box, 4, 1)
+        grid.addWidget(self.preset_description, 4, 2, 1, 2)
+        rows: list[tuple[str, str]] = [
+            ("name", "trigger_word"),
+            ("rank", "alpha"),
+            ("resolution", "repeats"),
+            ("epochs", "max_steps"),
+            ("learning_rate", "batch_size"),
+            ("gradient_accumulation_steps", "mixed_precision"),
+        ]
+        for r, (left, right) in enumerate(rows, start=5):
+            grid.addWidget(self._labels[left], r, 0)
+            grid.addWidget(self._fields[left], r, 1)
+            grid.addWidget(self._labels[right], r, 2)
+            grid.addWidget(self._fields[right], r, 3)
+        last = 5 + len(rows)
+        grid.addWidget(self.text_encoder_check, last, 1, 1, 3)
+        grid.addWidget(self.error_label, last + 1, 0, 1, 4)
+        grid.setRowStretch(last + 2, 1)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+
+        self.load_button = QPushButton("Load\u2026")
+        self.load_button.setToolTip("Load training settings from a .toml file")
+        self.load_button.clicked.connect(self.load_config_requested)
+        self.save_button = QPushButton("Save\u2026")
+        self.save_button.setToolTip("Save these training settings as a .toml file")
+        self.save_button.clicked.connect(self.save_config_requested)
+
+        scroll = QScrollArea()
+        scroll.setWidget(inner)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.scroll = scroll
+        # Narrow windows take width from the caption grid, not from these fields.
+        self.setMinimumWidth(
+            inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 16
+        )
+
+        # ---- estimate and Train ----
+        self.steps_label = QLabel()
+        self.steps_label.setWordWrap(True)
+        self.steps_label.setStyleSheet("font-weight: bold;")
+        self.cost_label = QLabel()
+        self.cost_label.setWordWrap(True)
+        self.cost_label.setToolTip(
+            "Estimated from the model family, resolution, batch size and rank; real runs "
+            "vary with the hardware."
+        )
+        estimate_box = QFrame()
+        estimate_box.setObjectName("estimateBox")
+        estimate_box.setStyleSheet(
+            "#estimateBox { background: #eef1fb; border: 1px solid #c5cae9; border-radius: 6px; }"
+        )
+        est_layout = QVBoxLayout(estimate_box)
+        est_layout.setContentsMargins(10, 8, 10, 8)
+        est_title = QLabel("Estimate")
+        est_title.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        est_layout.addWidget(est_title)
+        est_layout.addWidget(self.steps_label)
+        est_layout.addWidget(self.cost_label)
+
+        self.train_button = QPushButton("Train")
+        self.train_button.setObjectName("trainButton")
+        self.train_button.setMinimumHeight(46)
+        self.train_button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.train_button.setStyleSheet(
+            "#trainButton { background: #3f51b5; color: white; font-size: 15pt; font-weight: bold;"
+            " border: none; border-radius: 6px; }"
+            "#trainButton:hover { background: #5c6bc0; }"
+            "#trainButton:disabled { background: #c5cae9; color: #f5f5f5; }"
+        )
+        self.train_button.clicked.connect(self.train_requested)
+
+        head = QHBoxLayout()
+        head.addWidget(QLabel("<b>Preset and settings</b>"))
+        head.addStretch(1)
+        head.addWidget(self.load_button)
+        head.addWidget(self.save_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addLayout(head)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(estimate_box)
+        layout.addWidget(self.train_button)
+
+        self.set_config(config)
+
+    # ---- building --------------------------------------------------------------------
+
+    def _register(self, name: str, widget: QWidget) -> None:
+        label = QLabel(field_label(name))
+        help_text = field_help(name)
+        label.setToolTip(help_text)
+        widget.setToolTip(help_text)
+        label.setBuddy(widget)
+        self._labels[name] = label
+        self._fields[name] = widget
+
+    def _line(self, name: str) -> QLineEdit:
+        edit = QLineEdit()
+        self._register(name, edit)
+        edit.textEdited.connect(self._on_edited)
+        return edit
+
+    def _spin(self, name: str) -> QSpinBox:
+        spin = QSpinBox()
+        low, high = _int_range(name, 1)
+        spin.setRange(low, high)
+        spin.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.UpDownArrows)
+        spin.setAccelerated(True)
+        self._register(name, spin)
+        spin.valueChanged.connect(self._on_edited)
+        return spin
+
+    # ---- from the controller ------------------------------------------------------------
+
+    @property
+    def config(self) -> LoraConfig:
+        """The last valid config the controller accepted."""
+        return self._config
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Invalid fields: name -> message."""
+        return dict(self._errors)
+
+    def field(self, name: str) -> QWidget:
+        """The input widget of config field ``name``."""
+        return self._fields[name]
+
+    def set_config(self, config: LoraConfig) -> None:
+        """Show ``config`` (leaves fields the user is typing in alone if they match)."""
+        self._config = config
+        self._loading = True
+        try:
+            _set_text(self.name_edit, config.name)
+            _set_text(self.trigger_edit, config.trigger_word)
+            _set_value(self.rank_spin, config.rank)
+            _set_value(self.alpha_spin, config.alpha)
+            _set_value(self.resolution_spin, config.resolution)
+            _set_value(self.repeats_spin, config.repeats)
+            _set_value(self.epochs_spin, config.epochs)
+            _set_value(self.max_steps_spin, config.max_steps or 0)
+            try:
+                shown = float(self.lr_edit.text())
+            except ValueError:
+                shown = None
+            if shown != config.learning_rate:
+                self.lr_edit.setText(format_learning_rate(config.learning_rate))
+            _set_value(self.batch_spin, config.batch_size)
+            _set_value(self.accum_spin, config.gradient_accumulation_steps)
+            index = self.precision_box.findData(config.mixed_precision.value)
+            if index >= 0 and index != self.precision_box.currentIndex():
+                self.precision_box.setCurrentIndex(index)
+            if self.text_encoder_check.isChecked() != config.train_text_encoder:
+                self.text_encoder_check.setChecked(config.train_text_encoder)
+            preset_index = self.preset_box.findData(config.preset)
+            if preset_index >= 0:
+                self.preset_box.setCurrentIndex(preset_index)
+                self.preset_description.setText(preset_description(config))
+        finally:
+            self._loading = False
+        self._validate()
+
+    def set_base_model(self, ref: str, description: str = "", error: str = "") -> None:
+        """Show the base model and what checking it found."""
+        if self.base_model_edit.text().strip() != ref:
+            self.base_model_edit.setText(ref)
+        self._base_model_error = error
+        if error:
+            self.base_model_status.setText(f"\u26a0 {error}")
+            self.base_model_status.setStyleSheet(f"color: {artwork.ERROR.name()};")
+            self.base_model_edit.setStyleSheet(_INVALID_STYLE)
+        else:
+            self.base_model_status.setText(description)
+            self.base_model_status.setStyleSheet(f"color: {artwork.MUTED.name()};")
+            self.base_model_edit.setStyleSheet("")
+        self._update_train_button()
+
+    def set_output_dir(self, folder: str) -> None:
+        if self.output_edit.text().strip() != folder:
+            self.output_edit.setText(folder)
+
+    def set_estimate(self, estimate: Estimate) -> None:
+        self._estimate = estimate
+        self._show_estimate()
+
+    def set_image_count(self, images: int) -> None:
+        self._images = images
+        self._show_estimate()
+        self._update_train_button()
+
+    def set_training_active(self, active: bool) -> None:
+        self._training = active
+        self._update_train_button()
+
+    # ---- user edits ------------------------------------------------------------------------
+
+    def values(self) -> dict[str, Any]:
+        """The form's values as config fields (strings are coerced by the config)."""
+        return {
+            "name": self.name_edit.text().strip(),
+            "trigger_word": self.trigger_edit.text().strip(),
+            "rank": self.rank_spin.value(),
+            "alpha": self.alpha_spin.value(),
+            "resolution": self.resolution_spin.value(),
+            "repeats": self.repeats_spin.value(),
+            "epochs": self.epochs_spin.value(),
+            "max_steps": self.max_steps_spin.value() or None,
+            "learning_rate": self.lr_edit.text().strip(),
+            "batch_size": self.batch_spin.value(),
+            "gradient_accumulation_steps": self.accum_spin.value(),
+            "mixed_precision": self.precision_box.currentData(),
+            "train_text_encoder": self.text_encoder_check.isChecked(),
+        }
+
+    def _on_edited(self, *_: object) -> None:
+        if self._loading:
+            return
+        config = self._validate()
+        if config is not None and config != self._config:
+            self.config_edited.emit(config)
+
+    def _validate(self) -> LoraConfig | None:
+        values = self.values()
+        errors: dict[str, str] = {}
+        for name, value in values.items():
+            try:
+                self._config.replace(**{name: value})
+            except ConfigError as exc:
+                errors[name] = str(exc)
+        config: LoraConfig | None = None
+        overall = ""
+        try:
+            config = self._config.replace(**values)
+        except ConfigError as exc:
+            overall = str(exc)
+        previous, self._errors = self._errors, errors
+        for name, widget in self._fields.items():
+            if (name in errors) == (name in previous):
+                continue  # restyling every field on every keystroke would flicker
+            widget.setStyleSheet(_INVALID_STYLE if name in errors else "")
+            label = self._labels.get(name)
+            if label is not None:
+                label.setStyleSheet(f"color: {artwork.ERROR.name()};" if name in errors else "")
+        messages = list(dict.fromkeys(errors.values())) or ([overall] if overall else [])
+        if messages:
+            self.error_label.setText(
+                "\u26a0 " + "\n\u26a0 ".join(messages) + "\nFix this to train."
+            )
+            self.error_label.show()
+        else:
+            self.error_label.hide()
+        self._valid = config is not None
+        self._update_train_button()
+        return config
+
+    def _on_preset_activated(self, index: int) -> None:
+        key = self.preset_box.itemData(index)
+        if key and not self._loading:
+            self.preset_selected.emit(str(key))
+
+    def _on_base_model_edited(self) -> None:
+        self.base_model_edited.emit(self.base_model_edit.text().strip())
+
+    def _on_output_edited(self) -> None:
+        text = self.output_edit.text().strip()
+        if text:
+            self.output_dir_edited.emit(text)
+
+    def _choose_base_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a diffusers model folder")
+        if folder:
+            self.base_model_edit.setText(folder)
+            self._on_base_model_edited()
+
+    def _choose_base_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a checkpoint", "", "Checkpoints (*.safetensors *.ckpt);;All files (*)"
+        )
+        if path:
+            self.base_model_edit.setText(path)
+            self._on_base_model_edited()
+
+    def _choose_output(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Choose the output folder", self.output_edit.text()
+        )
+        if folder:
+            self.output_edit.setText(folder)
+            self._on_output_edited()
+
+    # ---- display -------------------------------------------------------------------------
+
+    def _show_estimate(self) -> None:
+        if self._estimate is None:
+            self.steps_label.setText("Estimating\u2026")
+            self.cost_label.setText("")
+            return
+        self.steps_label.setText(steps_formula(self._estimate, self._config, self._images))
+        self.cost_label.setText(cost_text(self._estimate) if self._images else "")
+
+    @property
+    def valid(self) -> bool:
+        """The form's values make a valid config."""
+        return self._valid
+
+    def _update_train_button(self) -> None:
+        reason = ""
+        if self._training:
+            reason = "A training run is going."
+        elif not self._images:
+            reason = "Open a dataset first."
+        elif not self._valid:
+            reason = "Fix the settings marked in red first."
+        elif self._base_model_error:
+            reason = "Choose a base model that exists first."
+        self.train_button.setEnabled(not reason)
+        self.train_button.setText("Training\u2026" if self._training else "Train")
+        self.train_button.setToolTip(reason or "Train a LoRA with these settings")
+
+
+def _caption(text: str, buddy: QWidget) -> QLabel:
+    label = QLabel(text)
+    label.setBuddy(buddy)
+    return label
+
+
+def _rule() -> QFrame:
+    line = QFrame()
+    line.setFrameShape(QFrame.Shape.HLine)
+    line.setStyleSheet("color: #dddddd;")
+    return line
+
+
+def _set_text(edit: QLineEdit, value: str) -> None:
+    if edit.text().strip() != value.strip():
+        edit.setText(value)
+
+
+def _set_value(spin: QSpinBox | QDoubleSpinBox, value: float) -> None:
+    if spin.value() != value:
+        spin.setValue(value)  # type: ignore[arg-type]

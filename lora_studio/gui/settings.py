@@ -1,0 +1,90 @@
+"""What the window remembers between runs: geometry, the last dataset, the settings.
+
+Stored with ``QSettings`` in an INI file under the app's config folder
+(:func:`lora_studio.core.paths.config_dir`), so ``LORA_STUDIO_HOME`` moves it along with
+everything else (tests point it at a temporary folder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QSettings
+
+from lora_studio.core.config import LoraConfig
+from lora_studio.core.errors import ConfigError
+from lora_studio.core.paths import config_dir
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "lora-studio.ini"
+
+KEY_GEOMETRY = "window/geometry"
+KEY_WINDOW_STATE = "window/state"
+KEY_SPLITTERS = "window/splitters"
+KEY_LAST_DATASET = "dataset/last"
+KEY_CONFIG = "training/config"
+KEY_BASE_MODEL = "training/base_model"
+KEY_OUTPUT_DIR = "training/output_dir"
+
+
+def settings_path() -> Path:
+    return config_dir() / SETTINGS_FILE
+
+
+def open_settings(path: str | Path | None = None) -> QSettings:
+    """The app's settings file (``path`` overrides where it is)."""
+    return QSettings(str(path or settings_path()), QSettings.Format.IniFormat)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the last run left behind (``None``: nothing remembered)."""
+
+    config: LoraConfig | None = None
+    base_model: str | None = None
+    output_dir: str | None = None
+    last_dataset: str | None = None
+    problem: str | None = None
+
+
+def _text(settings: QSettings, key: str) -> str | None:
+    value = settings.value(key)
+    return str(value) if value not in (None, "") else None
+
+
+def read_session(settings: QSettings) -> Session:
+    """Read the remembered session; a config that no longer loads is reported, not fatal."""
+    config = None
+    problem = None
+    saved = _text(settings, KEY_CONFIG)
+    if saved:
+        try:
+            data = json.loads(saved)
+            if not isinstance(data, dict):
+                raise ValueError("not a table of settings")
+            config = LoraConfig.from_dict(data)
+        except (ValueError, ConfigError) as exc:
+            log.warning("Ignoring the remembered training settings: %s", exc)
+            problem = (
+                f"The remembered training settings could not be used ({exc}); using the defaults."
+            )
+    return Session(
+        config=config,
+        base_model=_text(settings, KEY_BASE_MODEL),
+        output_dir=_text(settings, KEY_OUTPUT_DIR),
+        last_dataset=_text(settings, KEY_LAST_DATASET),
+        problem=problem,
+    )
+
+
+def remember_config(settings: QSettings, config: LoraConfig) -> None:
+    # JSON of LoraConfig.to_dict(): from_dict() migrates it when the format changes.
+    settings.setValue(KEY_CONFIG, json.dumps(config.to_dict()))
+
+
+def remember(settings: QSettings, key: str, value: str) -> None:
+    settings.setValue(key, value)

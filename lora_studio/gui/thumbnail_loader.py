@@ -1,0 +1,204 @@
+"""Thumbnails decoded off the GUI thread, with a disk cache.
+
+Views ask for a thumbnail when a row becomes visible (the dataset model calls
+:meth:`ThumbnailLoader.request` from ``data(DecorationRole)``, which Qt only calls for
+visible rows), so opening a folder of thousands of images decodes nothing up front.
+Each request runs as a ``QRunnable`` on the loader's own ``QThreadPool``: it looks in the
+disk cache (keyed by path, mtime and size, so an edited image gets a new thumbnail), and
+otherwise decodes with PIL using ``draft()`` (JPEG DCT scaling) and ``thumbnail()``.
+
+Results cross to the GUI thread as ``QImage`` through a queued signal; only the GUI
+thread turns them into ``QPixmap``/``QIcon``. Newer requests run first, so the rows the
+user is looking at now win over rows scrolled past.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtGui import QImage
+
+from lora_studio.core.atomic import atomic_write_bytes
+from lora_studio.core.paths import thumbnails_cache_dir
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIZE = 128
+# Bump when the way thumbnails are made changes, so old cache files are not reused.
+_CACHE_REVISION = 1
+
+
+class ThumbnailError(Exception):
+    """An image could not be turned into a thumbnail; ``str()`` says why, for the user."""
+
+
+def cache_key(path: Path, size: int) -> str | None:
+    """The cache file name of ``path``'s thumbnail, or ``None`` if the file is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    text = f"{_CACHE_REVISION}\0{path.resolve()}\0{st.st_mtime_ns}\0{st.st_size}\0{size}"
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def make_thumbnail(path: Path, size: int, cache_dir: Path | None) -> QImage:
+    """Load ``path``'s thumbnail from the cache, or decode it and fill the cache.
+
+    Runs on a worker thread (``QImage`` may be used off the GUI thread; ``QPixmap`` may
+    not).
+
+    Raises:
+        ThumbnailError: the image cannot be decoded; the message is for the user.
+    """
+    key = cache_key(path, size)
+    if key is None:
+        raise ThumbnailError("The image file is missing.")
+    cached = cache_dir / key[:2] / f"{key}.png" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        image = QImage(str(cached))
+        if not image.isNull():
+            return image
+        log.info("Ignoring an unreadable cached thumbnail %s", cached)
+    png = _decode(path, size)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cached, png)
+        except OSError as exc:
+            # The cache only saves time; a read-only or full cache must not break
+            # browsing, but say so once per file in the log.
+            log.warning("Cannot write thumbnail cache %s: %s", cached, exc)
+    image = QImage.fromData(png, "PNG")
+    if image.isNull():  # pragma: no cover - PIL just wrote this PNG
+        raise ThumbnailError("The thumbnail could not be made.")
+    return image
+
+
+def _decode(path: Path, size: int) -> bytes:
+    try:
+        with Image.open(path) as img:
+            # For JPEG, draft() decodes at 1/2, 1/4 or 1/8 scale: much faster for photos.
+            img.draft("RGB", (size * 2, size * 2))
+            img.load()
+            if img.width < 1 or img.height < 1:
+                raise ThumbnailError("The image is empty.")
+            oriented = ImageOps.exif_transpose(img)
+            oriented.thumbnail((size, size), Image.Resampling.LANCZOS)
+            rgba = oriented.convert("RGBA")
+    except ThumbnailError:
+        raise
+    except FileNotFoundError:
+        raise ThumbnailError("The image file is missing.") from None
+    except UnidentifiedImageError:
+        raise ThumbnailError(
+            "Not a readable image (the file is corrupt or not an image)."
+        ) from None
+    except Image.DecompressionBombError:
+        raise ThumbnailError("The image is too large to decode safely.") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ThumbnailError(f"The image cannot be decoded ({exc}).") from None
+    out = io.BytesIO()
+    rgba.save(out, format="PNG")
+    return out.getvalue()
+
+
+class _Relay(QObject):
+    """Carries results from pool threads to the GUI thread (it lives on the GUI thread)."""
+
+    done = Signal(object, QImage)
+    failed = Signal(object, str)
+
+
+class _ThumbnailJob(QRunnable):
+    def __init__(self, path: Path, size: int, cache_dir: Path | None, relay: _Relay) -> None:
+        super().__init__()
+        self.path = path
+        self.size = size
+        self.cache_dir = cache_dir
+        self.relay = relay
+
+    def run(self) -> None:
+        try:
+            image = make_thumbnail(self.path, self.size, self.cache_dir)
+        except ThumbnailError as exc:
+            self.relay.failed.emit(self.path, str(exc))
+        except Exception as exc:  # a bug; show a placeholder and keep the details
+            log.exception("Thumbnail of %s failed", self.path)
+            self.relay.failed.emit(self.path, f"Unexpected error: {type(exc).__name__}: {exc}")
+        else:
+            self.relay.done.emit(self.path, image)
+
+
+class ThumbnailLoader(QObject):
+    """Makes thumbnails on a thread pool and delivers them as ``QImage`` signals.
+
+    Signals:
+        thumbnail_ready(path, QImage): a thumbnail, on the GUI thread.
+        thumbnail_failed(path, reason): the image cannot be read; ``reason`` is for the user.
+    """
+
+    thumbnail_ready = Signal(object, QImage)
+    thumbnail_failed = Signal(object, str)
+
+    def __init__(
+        self,
+        *,
+        size: int = THUMBNAIL_SIZE,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
+        max_threads: int | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.size = size
+        self.cache_dir = (cache_dir or thumbnails_cache_dir()) if use_cache else None
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(max_threads or max(1, min(4, (os.cpu_count() or 2) - 1)))
+        self._relay = _Relay(self)
+        self._relay.done.connect(self._on_done)
+        self._relay.failed.connect(self._on_failed)
+        self._pending: set[Path] = set()
+        self._priority = 0
+        self._closed = False
+
+    def request(self, path: Path) -> None:
+        """Ask for ``path``'s thumbnail; a request already under way is not repeated."""
+        if self._closed or path in self._pending:
+            return
+        self._pending.add(path)
+        # Rising priority: the pool starts the most recent request first.
+        self._priority = (self._priority + 1) % 2_000_000_000
+        self._pool.start(
+            _ThumbnailJob(path, self.size, self.cache_dir, self._relay), self._priority
+        )
+
+    def is_pending(self, path: Path) -> bool:
+        return path in self._pending
+
+    def cancel_pending(self) -> None:
+        """Drop requests that have not started (e.g. when another dataset is opened)."""
+        self._pool.clear()
+        self._pending.clear()
+
+    def shutdown(self, timeout_ms: int = 10_000) -> bool:
+        """Stop taking requests and wait for running decodes; ``True`` if all ended."""
+        self._closed = True
+        self._pool.clear()
+        finished = self._pool.waitForDone(timeout_ms)
+        self._pending.clear()
+        return bool(finished)
+
+    def _on_done(self, path: Path, image: QImage) -> None:
+        self._pending.discard(path)
+        self.thumbnail_ready.emit(path, image)
+
+    def _on_failed(self, path: Path, reason: str) -> None:
+        self._pending.discard(path)
+        self.thumbnail_failed.emit(path, reason)
