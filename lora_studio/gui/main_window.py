@@ -322,15 +322,16 @@ class MainWindow(QMainWindow):
         if self._may_discard_unsaved():
             self.controller.open_sample_dataset()
 
-    def _may_discard_unsaved(self) -> bool:
+    def _may_discard_unsaved(self, action: str = "Open another dataset") -> bool:
+        """``True`` when no caption edit is unsaved, or the user agrees to lose them."""
         unsaved = self.dataset_model.unsaved()
         if not unsaved or not self.confirm_close:
             return True
         answer = QMessageBox.warning(
             self,
             "Captions not saved",
-            f"{len(unsaved)} caption(s) could not be saved (see the caption grid). Open "
-            f"another dataset and lose those edits?",
+            f"{len(unsaved)} caption(s) could not be saved (see the caption grid). "
+            f"{action} and lose those edits?",
             QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
         )
         return answer == QMessageBox.StandardButton.Discard
@@ -531,18 +532,9 @@ class MainWindow(QMainWindow):
             if self.job_monitor.state is not MonitorState.STOPPING:
                 self.job_monitor.cancel_button.click()
             return
-        unsaved = self.dataset_model.unsaved()
-        if unsaved and self.confirm_close:
-            answer = QMessageBox.warning(
-                self,
-                "Captions not saved",
-                f"{len(unsaved)} caption(s) could not be saved (see the caption grid). "
-                f"Quit anyway and lose those edits?",
-                QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
-            )
-            if answer != QMessageBox.StandardButton.Discard:
-                event.ignore()
-                return
+        if not self._may_discard_unsaved("Quit anyway"):
+            event.ignore()
+            return
         self._save_window_state()
         self.thumbnails.shutdown()
         self._closed = True

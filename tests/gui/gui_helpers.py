@@ -38,6 +38,20 @@ def run(
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
+def open_and_wait(loop: asyncio.AbstractEventLoop, window: MainWindow, folder: Path) -> Any:
+    """Open ``folder`` through the controller and wait until the dataset is loaded."""
+
+    async def scenario() -> Any:
+        from lora_studio.gui.async_signals import signal_future
+
+        loaded = signal_future(window.controller.dataset_loaded)
+        window.controller.open_dataset(folder)
+        (dataset,) = await loaded
+        return dataset
+
+    return run(loop, scenario())
+
+
 def drop_on(window: MainWindow, *paths: Path) -> tuple[bool, bool]:
     """Drag ``paths`` over the window and drop them, as a file manager would.
 

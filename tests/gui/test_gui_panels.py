@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from gui_helpers import fast_config, run
+from gui_helpers import fast_config, open_and_wait, run
 from PIL import Image
 from PySide6.QtCore import QIdentityProxyModel, QItemSelectionModel, Qt
 from PySide6.QtTest import QTest
@@ -173,12 +173,7 @@ def test_steps_formula_spells_out_the_arithmetic():
 def test_escape_cancels_an_edit_and_placeholder_is_shown(make_window, qloop, papercut):
     window = make_window()
 
-    async def scenario() -> None:
-        loaded = signal_future(window.controller.dataset_loaded)
-        window.controller.open_dataset(papercut)
-        await loaded
-
-    run(qloop, scenario())
+    open_and_wait(qloop, window, papercut)
     grid = window.caption_grid
     model = window.dataset_model
     index = grid.proxy_index(model.index(11, Column.CAPTION))  # papercut_12: no caption
@@ -206,12 +201,7 @@ def test_escape_cancels_an_edit_and_placeholder_is_shown(make_window, qloop, pap
 def test_browser_and_grid_share_the_selection(make_window, qloop, papercut):
     window = make_window()
 
-    async def scenario() -> None:
-        loaded = signal_future(window.controller.dataset_loaded)
-        window.controller.open_dataset(papercut)
-        await loaded
-
-    run(qloop, scenario())
+    open_and_wait(qloop, window, papercut)
     window.select_image(4)
     grid = window.caption_grid
     rows = {grid.source_index(i).row() for i in grid.table.selectionModel().selectedRows()}
