@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import Any
 
 from lora_studio import __version__
 from lora_studio.core.base_model import DEFAULT_BASE_MODEL, ModelKind, resolve_base_model
-from lora_studio.core.config import FIELDS, PRESETS, LoraConfig, ModelFamily
+from lora_studio.core.config import FIELDS, PRESETS, LoraConfig, ModelFamily, enum_for_field
 from lora_studio.core.dataset import Dataset
 from lora_studio.core.errors import ConfigError, LoraStudioError
 from lora_studio.core.estimates import format_duration
@@ -76,11 +75,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 help=help_text,
             )
             continue
-        enum_type = {"MixedPrecision", "ModelFamily", "LrScheduler"} & {kind}
-        choices = None
-        if enum_type:
-            enum_cls: type[enum.Enum] = type(getattr(LoraConfig(), f.name))
-            choices = [m.value for m in enum_cls]
+        enum_cls = enum_for_field(f.name)
+        choices = [m.value for m in enum_cls] if enum_cls else None
         group.add_argument(
             *names,
             dest=f.name,

@@ -156,7 +156,6 @@ def test_models_make_tiny_and_info(tmp_path, capsys) -> None:
     assert "family:    SD 1.5" in capsys.readouterr().out
     assert main(["models", "make-tiny", str(target)]) == 1  # refuses to overwrite
     assert "not empty" in capsys.readouterr().err
-    assert main(["models", "make-tiny", str(tmp_path / "xl"), "--family", "sdxl"]) == 1
 
 
 def test_python_dash_m_entry_point(tiny_model, small_dataset, tmp_path) -> None:

@@ -26,7 +26,12 @@ from lora_studio.core.errors import ModelError
 from lora_studio.core.paths import models_cache_dir
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS: dict[str, ModelFamily] = {"tiny-sd15": ModelFamily.SD15}
+BUILTIN_MODELS: dict[str, ModelFamily] = {
+    "tiny-sd15": ModelFamily.SD15,
+    "tiny-sdxl": ModelFamily.SDXL,
+    "tiny-sd3": ModelFamily.SD3,
+    "tiny-flux": ModelFamily.FLUX,
+}
 DEFAULT_BASE_MODEL = "builtin:tiny-sd15"
 
 _PIPELINE_FAMILIES = {
@@ -91,8 +96,9 @@ def resolve_base_model(ref: str) -> BaseModelRef:
         if name not in BUILTIN_MODELS:
             known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
             raise ModelError(f"Unknown built-in model {text!r}; built-in models: {known}.")
+        family = BUILTIN_MODELS[name]
         return BaseModelRef(
-            text, ModelKind.BUILTIN, builtin_model_path(name), BUILTIN_MODELS[name], "sd_v1"
+            text, ModelKind.BUILTIN, builtin_model_path(name), family, _version_for(family)
         )
     path = Path(text).expanduser()
     if path.is_dir():

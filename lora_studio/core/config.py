@@ -63,6 +63,25 @@ class LrScheduler(enum.StrEnum):
     CONSTANT_WITH_WARMUP = "constant_with_warmup"
     LINEAR = "linear"
     COSINE = "cosine"
+    COSINE_WITH_RESTARTS = "cosine_with_restarts"
+    POLYNOMIAL = "polynomial"
+
+
+class Optimizer(enum.StrEnum):
+    """The optimizer of the LoRA weights."""
+
+    ADAMW = "adamw"
+    ADAMW_8BIT = "adamw8bit"
+    PRODIGY = "prodigy"
+    ADAFACTOR = "adafactor"
+
+
+class TimestepSampling(enum.StrEnum):
+    """How flow-matching families (SD 3.5, Flux) draw training timesteps."""
+
+    LOGIT_NORMAL = "logit_normal"
+    UNIFORM = "uniform"
+    MODE = "mode"
 
 
 def _meta(
@@ -73,6 +92,7 @@ def _meta(
     unit: str = "",
     label: str = "",
     flag: bool = True,
+    group: str = "basic",
 ) -> dict[str, Any]:
     return {
         "help": help,
@@ -81,6 +101,7 @@ def _meta(
         "unit": unit,
         "label": label,
         "flag": flag,
+        "group": group,
     }
 
 
@@ -250,6 +271,344 @@ class LoraConfig:
         ),
     )
 
+    # ---- network -------------------------------------------------------------------
+
+    target_modules: str = field(
+        default="",
+        metadata=_meta(
+            "Comma-separated module names that get LoRA layers; empty means the model "
+            "family's default (the attention projections).",
+            label="Target modules",
+            group="network",
+        ),
+    )
+    use_dora: bool = field(
+        default=False,
+        metadata=_meta(
+            "DoRA: learn a magnitude per output as well as the low-rank direction "
+            "(often better quality, ~20% slower).",
+            label="DoRA",
+            group="network",
+        ),
+    )
+    conv_rank: int = field(
+        default=0,
+        metadata=_meta(
+            "LoCon: also put LoRA layers of this rank on the UNet's convolutions (0 = off; "
+            "UNet families only).",
+            minimum=0,
+            maximum=512,
+            label="Conv rank",
+            group="network",
+        ),
+    )
+    conv_alpha: float = field(
+        default=1.0,
+        metadata=_meta(
+            "Alpha of the convolution LoRA layers (scale = conv alpha / conv rank).",
+            minimum=0.0,
+            maximum=4096,
+            label="Conv alpha",
+            group="network",
+        ),
+    )
+
+    # ---- data ----------------------------------------------------------------------
+
+    enable_bucket: bool = field(
+        default=True,
+        metadata=_meta(
+            "Aspect-ratio bucketing: train each image at the bucket (sides multiples of 64, "
+            "about resolution x resolution pixels) closest to its shape instead of a "
+            "centre-cropped square.",
+            label="Aspect-ratio buckets",
+            group="data",
+        ),
+    )
+    min_bucket_side: int = field(
+        default=256,
+        metadata=_meta(
+            "Smallest bucket side.",
+            minimum=64,
+            maximum=4096,
+            unit="px",
+            label="Min bucket side",
+            group="data",
+        ),
+    )
+    max_bucket_side: int = field(
+        default=2048,
+        metadata=_meta(
+            "Largest bucket side.",
+            minimum=64,
+            maximum=8192,
+            unit="px",
+            label="Max bucket side",
+            group="data",
+        ),
+    )
+    bucket_no_upscale: bool = field(
+        default=False,
+        metadata=_meta(
+            "Never enlarge an image that is smaller than the training resolution: it gets a "
+            "bucket of its own size instead.",
+            label="No upscaling",
+            group="data",
+        ),
+    )
+    caption_dropout: float = field(
+        default=0.0,
+        metadata=_meta(
+            "Chance that an image is trained with an empty caption (helps the LoRA work "
+            "without its trigger). Turns the text-embedding cache off.",
+            minimum=0.0,
+            maximum=1.0,
+            label="Caption dropout",
+            group="data",
+        ),
+    )
+    shuffle_tags: bool = field(
+        default=False,
+        metadata=_meta(
+            "Shuffle the comma-separated tags of each caption every time it is used "
+            "(after the kept tokens). Turns the text-embedding cache off.",
+            label="Shuffle tags",
+            group="data",
+        ),
+    )
+    keep_tokens: int = field(
+        default=0,
+        metadata=_meta(
+            "Tags at the start of a caption that stay in place when tags are shuffled.",
+            minimum=0,
+            maximum=75,
+            label="Keep tokens",
+            group="data",
+        ),
+    )
+    cache_to_disk: bool = field(
+        default=True,
+        metadata=_meta(
+            "Keep VAE latents and text embeddings in the cache folder, so the next run on the "
+            "same images and model starts training at once.",
+            label="Cache to disk",
+            group="data",
+        ),
+    )
+
+    # ---- optimizer -----------------------------------------------------------------
+
+    optimizer: Optimizer = field(
+        default=Optimizer.ADAMW,
+        metadata=_meta(
+            "AdamW; AdamW 8-bit (bitsandbytes, CUDA only, less memory); Prodigy (finds its "
+            "own learning rate: use learning rate 1.0); Adafactor (least memory).",
+            label="Optimizer",
+            group="optimizer",
+        ),
+    )
+    weight_decay: float = field(
+        default=0.01,
+        metadata=_meta(
+            "Weight decay of the optimizer.",
+            minimum=0.0,
+            maximum=1.0,
+            label="Weight decay",
+            group="optimizer",
+        ),
+    )
+    max_grad_norm: float = field(
+        default=1.0,
+        metadata=_meta(
+            "Clip the gradient norm to this value (0 = no clipping).",
+            minimum=0.0,
+            maximum=1000.0,
+            label="Max grad norm",
+            group="optimizer",
+        ),
+    )
+    lr_cycles: int = field(
+        default=1,
+        metadata=_meta(
+            "Restarts of the cosine_with_restarts schedule.",
+            minimum=1,
+            maximum=100,
+            label="LR cycles",
+            group="optimizer",
+        ),
+    )
+    lr_power: float = field(
+        default=1.0,
+        metadata=_meta(
+            "Power of the polynomial schedule (1 = linear decay).",
+            minimum=0.0,
+            maximum=10.0,
+            label="LR power",
+            group="optimizer",
+        ),
+    )
+
+    # ---- objective -----------------------------------------------------------------
+
+    noise_offset: float = field(
+        default=0.0,
+        metadata=_meta(
+            "Add this much per-channel offset noise (0.05-0.1 lets the model learn very "
+            "dark and very bright images).",
+            minimum=0.0,
+            maximum=1.0,
+            label="Noise offset",
+            group="objective",
+        ),
+    )
+    min_snr_gamma: float = field(
+        default=0.0,
+        metadata=_meta(
+            "Min-SNR loss weighting gamma (5 is the paper's value; 0 = off). SD 1.5 and SDXL only.",
+            minimum=0.0,
+            maximum=100.0,
+            label="Min-SNR gamma",
+            group="objective",
+        ),
+    )
+    timestep_sampling: TimestepSampling = field(
+        default=TimestepSampling.LOGIT_NORMAL,
+        metadata=_meta(
+            "How SD 3.5 and Flux draw timesteps: logit-normal (the SD3 paper), uniform, or mode.",
+            label="Timestep sampling",
+            group="objective",
+        ),
+    )
+    logit_mean: float = field(
+        default=0.0,
+        metadata=_meta(
+            "Mean of the logit-normal timestep distribution.",
+            minimum=-10.0,
+            maximum=10.0,
+            label="Logit mean",
+            group="objective",
+        ),
+    )
+    logit_std: float = field(
+        default=1.0,
+        metadata=_meta(
+            "Standard deviation of the logit-normal timestep distribution.",
+            minimum=0.01,
+            maximum=10.0,
+            label="Logit std",
+            group="objective",
+        ),
+    )
+    guidance_scale: float = field(
+        default=1.0,
+        metadata=_meta(
+            "Guidance fed to a guidance-distilled model (Flux dev) while training.",
+            minimum=0.0,
+            maximum=30.0,
+            label="Guidance (Flux)",
+            group="objective",
+        ),
+    )
+
+    # ---- performance ---------------------------------------------------------------
+
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=_meta(
+            "Recompute activations in the backward pass: much less VRAM, ~25% slower.",
+            label="Gradient checkpointing",
+            group="performance",
+        ),
+    )
+    torch_compile: bool = field(
+        default=False,
+        metadata=_meta(
+            "Compile the model with torch.compile (faster steps after a slow first one).",
+            label="torch.compile",
+            group="performance",
+        ),
+    )
+
+    # ---- samples, checkpoints, logs ------------------------------------------------
+
+    sample_prompts: str = field(
+        default="",
+        metadata=_meta(
+            "Prompts to draw sample images from, one per line; [trigger] is replaced by the "
+            "trigger word.",
+            label="Sample prompts",
+            group="samples",
+        ),
+    )
+    sample_every_n_steps: int = field(
+        default=0,
+        metadata=_meta(
+            "Draw the sample prompts every N steps and at the end (0 = only at the end, if "
+            "there are prompts).",
+            minimum=0,
+            maximum=1_000_000,
+            label="Sample every N steps",
+            group="samples",
+        ),
+    )
+    sample_inference_steps: int = field(
+        default=20,
+        metadata=_meta(
+            "Denoising steps per sample image.",
+            minimum=1,
+            maximum=200,
+            label="Sample steps",
+            group="samples",
+        ),
+    )
+    save_every_n_steps: int = field(
+        default=0,
+        metadata=_meta(
+            "Save a resumable checkpoint every N steps (0 = off).",
+            minimum=0,
+            maximum=1_000_000,
+            label="Checkpoint every N steps",
+            group="checkpoints",
+        ),
+    )
+    save_every_n_epochs: int = field(
+        default=0,
+        metadata=_meta(
+            "Save a resumable checkpoint every N epochs (0 = off).",
+            minimum=0,
+            maximum=10_000,
+            label="Checkpoint every N epochs",
+            group="checkpoints",
+        ),
+    )
+    keep_last_checkpoints: int = field(
+        default=3,
+        metadata=_meta(
+            "How many checkpoints to keep (older ones are deleted).",
+            minimum=1,
+            maximum=1000,
+            label="Keep checkpoints",
+            group="checkpoints",
+        ),
+    )
+    save_diffusers_format: bool = field(
+        default=False,
+        metadata=_meta(
+            "Also write the LoRA in diffusers/peft format (a folder beside the .safetensors).",
+            label="Diffusers format too",
+            group="output",
+        ),
+    )
+    tensorboard: bool = field(
+        default=False,
+        metadata=_meta(
+            "Write TensorBoard logs of loss and learning rate beside the output "
+            "(needs the tensorboard package).",
+            label="TensorBoard logs",
+            group="output",
+        ),
+    )
+
     # ---- presets ---------------------------------------------------------------------
 
     @classmethod
@@ -354,6 +713,22 @@ class LoraConfig:
 
     # ---- checks and numbers ----------------------------------------------------------
 
+    @property
+    def uses_text_cache(self) -> bool:
+        """Whether caption embeddings can be computed once: not when the text encoder is
+        trained or the caption text changes from step to step."""
+        return not (self.train_text_encoder or self.caption_dropout > 0 or self.shuffle_tags)
+
+    @property
+    def sample_prompt_list(self) -> list[str]:
+        """The sample prompts, the trigger word put in for ``[trigger]``."""
+        trigger = self.trigger_word or ""
+        return [
+            line.strip().replace("[trigger]", trigger)
+            for line in self.sample_prompts.splitlines()
+            if line.strip()
+        ]
+
     def problems(self) -> list[str]:
         """Every reason this config cannot be trained, as user-facing sentences."""
         issues: list[str] = []
@@ -373,6 +748,11 @@ class LoraConfig:
             issues.append(
                 f"Resolution must be a multiple of 8 (got {self.resolution}); try "
                 f"{max(64, round(self.resolution / 64) * 64)}."
+            )
+        if self.min_bucket_side > self.max_bucket_side:
+            issues.append(
+                f"Min bucket side ({self.min_bucket_side}) is larger than max bucket side "
+                f"({self.max_bucket_side})."
             )
         if not self.name.strip():
             issues.append("Output name must not be empty.")
@@ -512,7 +892,16 @@ _ENUMS: dict[str, type[enum.Enum]] = {
     "MixedPrecision": MixedPrecision,
     "ModelFamily": ModelFamily,
     "LrScheduler": LrScheduler,
+    "Optimizer": Optimizer,
+    "TimestepSampling": TimestepSampling,
 }
+
+
+def enum_for_field(name: str) -> type[enum.Enum] | None:
+    """The enum type of config field ``name``, or ``None`` for plain fields."""
+    f = FIELDS[name]
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    return _ENUMS.get(kind.replace("| None", "").strip())
 
 
 def coerce_config(data: Mapping[str, Any]) -> LoraConfig:

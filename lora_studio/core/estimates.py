@@ -27,14 +27,22 @@ class StepPlan:
     total_steps: int
 
 
-def plan_steps(samples_per_epoch: int, config: LoraConfig) -> StepPlan:
+def plan_steps(
+    samples_per_epoch: int, config: LoraConfig, *, batches_per_epoch: int | None = None
+) -> StepPlan:
     """Optimizer steps for ``samples_per_epoch`` (images x repeats) under ``config``.
 
-    ``steps = ceil(ceil(samples / batch) / grad_accum) x epochs``, or ``max_steps`` when set
-    (then the epoch count is whatever that takes).
+    ``steps = ceil(batches / grad_accum) x epochs`` with ``batches = ceil(samples / batch)``,
+    or ``max_steps`` when set (then the epoch count is whatever that takes). With
+    aspect-ratio buckets a batch never mixes buckets, so the trainer passes its exact
+    ``batches_per_epoch`` (a few more than ``samples / batch`` when buckets are partly
+    filled).
     """
     samples = max(0, samples_per_epoch)
-    batches = math.ceil(samples / config.batch_size) if samples else 0
+    if batches_per_epoch is None:
+        batches = math.ceil(samples / config.batch_size) if samples else 0
+    else:
+        batches = batches_per_epoch
     steps_per_epoch = math.ceil(batches / config.gradient_accumulation_steps) if batches else 0
     if config.max_steps:
         total = config.max_steps

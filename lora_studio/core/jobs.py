@@ -19,6 +19,7 @@ class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     PREPARING = "preparing"
     RUNNING = "running"
+    PAUSED = "paused"
     SAVING = "saving"
     SUCCEEDED = "succeeded"
     FAILED = "failed"

@@ -1,10 +1,11 @@
 """Writing trained LoRA weights: the kohya format (``lora_unet_...``) with ``ss_*`` metadata.
 
 kohya's key format is what Automatic1111/Forge, ComfyUI, InvokeAI and diffusers'
-``load_lora_weights`` all read. The peft -> kohya key mapping is diffusers'
-``convert_state_dict_to_kohya``; on top of it we write the real alpha (diffusers writes
-alpha = rank), use ``lora_te_`` for SD 1.x text encoders (what kohya's SD 1.x files use),
-and add kohya's metadata and the two model hashes of sd-webui-additional-networks.
+``load_lora_weights`` all read. kohya keys are the diffusers module paths with ``.`` replaced by ``_`` behind a prefix
+(``lora_unet_``, ``lora_te_``...), ``lora_down``/``lora_up`` for peft's ``lora_A``/
+``lora_B``, and a scalar ``.alpha`` per module (diffusers' ``convert_state_dict_to_kohya``
+does the same renaming but writes alpha = rank and mislabels DoRA tensors of the UNet).
+On top come kohya's metadata and the two model hashes of sd-webui-additional-networks.
 """
 
 from __future__ import annotations
@@ -43,44 +44,70 @@ class RunFacts:
     mixed_precision: str
 
 
-def peft_to_kohya(
-    unet_lora: Mapping[str, torch.Tensor],
-    text_encoder_lora: Mapping[str, torch.Tensor] | None,
+def kohya_lora_keys(
+    peft_state: Mapping[str, torch.Tensor],
+    prefix: str,
     *,
     alpha: float,
-    text_encoder_prefix: str = "lora_te_",
+    conv_alpha: float | None = None,
+    module_root: str = "",
 ) -> dict[str, torch.Tensor]:
-    """Convert peft state dicts (``...lora_A.weight``) into one kohya state dict.
+    """Rename one peft state dict to kohya keys and add each module's ``.alpha``.
+
+    ``down_blocks.0...to_q.lora_A.weight`` becomes
+    ``<prefix>down_blocks_0_..._to_q.lora_down.weight`` (``lora_B`` -> ``lora_up``, DoRA's
+    ``lora_magnitude_vector`` -> ``dora_scale``). Convolution modules (4-D weights) get
+    ``conv_alpha`` when given.
 
     Args:
-        unet_lora: ``get_peft_model_state_dict(unet)``.
-        text_encoder_lora: the same for the text encoder, or ``None``.
-        alpha: the LoRA alpha (scale = alpha / rank), stored per module as ``.alpha``.
-        text_encoder_prefix: ``lora_te_`` for SD 1.x; SDXL uses ``lora_te1_``/``lora_te2_``.
+        peft_state: ``get_peft_model_state_dict(module)``.
+        prefix: ``lora_unet_``, ``lora_te_``, ``lora_te1_``...
+        alpha: the LoRA alpha (scale = alpha / rank).
+        conv_alpha: alpha of convolution LoRA layers (LoCon).
+        module_root: prepended to module paths that lack it (``text_model.`` for CLIP).
     """
     import torch
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 
-    combined: dict[str, torch.Tensor] = {f"unet.{k}": v for k, v in unet_lora.items()}
-    if text_encoder_lora:
-        combined.update({f"text_encoder.{_clip_path(k)}": v for k, v in text_encoder_lora.items()})
-    kohya = convert_state_dict_to_kohya(combined)
     out: dict[str, torch.Tensor] = {}
-    for key, tensor in kohya.items():
-        if key.startswith("lora_te1_") and text_encoder_prefix != "lora_te1_":
-            key = text_encoder_prefix + key[len("lora_te1_") :]
-        if key.endswith(".alpha"):
-            tensor = torch.tensor(float(alpha), dtype=torch.float32)
-        else:
-            tensor = tensor.detach().to("cpu").contiguous()
-        out[key] = tensor
+    for key, tensor in peft_state.items():
+        module, kohya_suffix = _split_peft_key(key)
+        if module_root and not module.startswith(module_root):
+            module = module_root + module
+        name = prefix + module.replace(".", "_")
+        value = tensor.detach().to("cpu").contiguous()
+        out[name + kohya_suffix] = value
+        if kohya_suffix == ".lora_down.weight":
+            module_alpha = conv_alpha if (value.ndim == 4 and conv_alpha is not None) else alpha
+            out[name + ".alpha"] = torch.tensor(float(module_alpha), dtype=torch.float32)
     return out
 
 
-def _clip_path(key: str) -> str:
-    # kohya/A1111/ComfyUI name CLIP text-encoder modules from the CLIPTextModel root,
-    # "text_model.encoder.layers.N..."; transformers 5 dropped the "text_model" level.
-    return key if key.startswith("text_model.") else f"text_model.{key}"
+_PEFT_TO_KOHYA_SUFFIX = {
+    ".lora_A.weight": ".lora_down.weight",
+    ".lora_B.weight": ".lora_up.weight",
+    ".lora_magnitude_vector.weight": ".dora_scale",
+    ".lora_magnitude_vector": ".dora_scale",
+}
+
+
+def _split_peft_key(key: str) -> tuple[str, str]:
+    """``("a.b.to_q", ".lora_down.weight")`` for ``"a.b.to_q.lora_A.weight"``."""
+    for peft_suffix, kohya_suffix in _PEFT_TO_KOHYA_SUFFIX.items():
+        if key.endswith(peft_suffix):
+            return key[: -len(peft_suffix)], kohya_suffix
+    raise ValueError(f"Unexpected LoRA tensor {key!r}")
+
+
+def clip_kohya_keys(
+    peft_state: Mapping[str, torch.Tensor], prefix: str, *, alpha: float
+) -> dict[str, torch.Tensor]:
+    """kohya keys of a CLIP text-encoder LoRA.
+
+    kohya/A1111/ComfyUI name CLIP modules from the CLIPTextModel root,
+    ``text_model.encoder.layers.N...``; transformers 5 dropped the ``text_model`` level, so
+    it is put back here.
+    """
+    return kohya_lora_keys(peft_state, prefix, alpha=alpha, module_root="text_model.")
 
 
 def kohya_metadata(

@@ -213,12 +213,25 @@ def make_tiny_sd15(folder: str | os.PathLike[str], seed: int = 0) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    return save_tiny_pipeline(pipe, target, ModelFamily.SD15, seed)
+
+
+def make_tiny(folder: str | os.PathLike[str], family: ModelFamily | str = "sd15") -> Path:
+    """Build the tiny model of ``family`` at ``folder`` (``models make-tiny``)."""
+    from lora_studio.training.families import get_family
+
+    return get_family(ModelFamily(family)).make_tiny(Path(folder))
+
+
+def save_tiny_pipeline(pipe: object, target: Path, family: ModelFamily, seed: int) -> Path:
+    """Save ``pipe`` at ``target`` atomically (staging folder + rename) with the marker
+    file that tells :func:`ensure_builtin_model` the build is complete and current."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        pipe.save_pretrained(staging, safe_serialization=True)
+        pipe.save_pretrained(staging, safe_serialization=True)  # type: ignore[attr-defined]
         (staging / "lora_studio_tiny.json").write_text(
-            json.dumps({"family": "sd15", "revision": TINY_MODEL_REVISION, "seed": seed}),
+            json.dumps({"family": family.value, "revision": TINY_MODEL_REVISION, "seed": seed}),
             encoding="utf-8",
         )
         if target.exists():
@@ -228,14 +241,6 @@ def make_tiny_sd15(folder: str | os.PathLike[str], seed: int = 0) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def make_tiny(folder: str | os.PathLike[str], family: ModelFamily | str = "sd15") -> Path:
-    """Build the tiny model of ``family`` at ``folder`` (``models make-tiny``)."""
-    fam = ModelFamily(family)
-    if fam is not ModelFamily.SD15:
-        raise ModelError(f"A tiny {fam.label} model cannot be built yet; only sd15 is available.")
-    return make_tiny_sd15(folder)
 
 
 def _is_current(folder: Path) -> bool:

@@ -3,21 +3,27 @@
 ``Trainer(request, callbacks, commands).train()`` runs one LoRA training to the end and
 returns a :class:`TrainResult`. It knows nothing about Qt or the CLI: hosts (the GUI's
 QThread, the CLI, a test) pass a ``callbacks`` object that receives :class:`Progress`
-snapshots and log lines, and a :class:`TrainerCommands` they use to ask it to stop. The
-stop request is checked after every optimizer step (and between cached images), so Cancel
-takes effect within one step; the LoRA as trained so far is saved.
+snapshots and log lines, and a :class:`TrainerCommands` they use to pause, resume or stop
+it. Requests are checked after every optimizer step (and between cached images), so
+Cancel takes effect within one step; the LoRA as trained so far and a resumable
+checkpoint are saved.
 
-The loop (one optimizer step):
-    latents  ~ cached VAE posterior  (sampled, x scaling_factor)
-    noise    ~ N(0, I);  t ~ U{0, T-1}
-    noisy    = scheduler.add_noise(latents, noise, t)
-    target   = noise (epsilon) | scheduler.get_velocity(latents, noise, t) (v-prediction)
-    loss     = MSE(unet(noisy, t, text_embedding), target)
-Only the LoRA parameters (peft, fp32) are trained, with AdamW.
+The phases:
+
+1. set-up: base model and family, device and precision, images placed in buckets;
+2. load and cache: VAE latents of every image and (unless the captions vary or the text
+   encoder is trained) caption embeddings, from the disk cache when possible;
+3. LoRA layers (peft; DoRA, conv layers) on the denoiser and optionally the CLIP text
+   encoders, kept in fp32; optimizer and LR schedule; a checkpoint restored when resuming;
+4. the loop: bucketed batches, the family's loss, accumulation, clipping, samples,
+   checkpoints, TensorBoard;
+5. save: the kohya ``.safetensors`` with ``ss_*`` metadata, optionally diffusers format,
+   and the config as TOML.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,26 +36,35 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lora_studio.core.atomic import ensure_writable_dir
 from lora_studio.core.base_model import BaseModelRef, ModelKind, resolve_base_model
-from lora_studio.core.config import LoraConfig, MixedPrecision
-from lora_studio.core.dataset import ImageItem, check_image, training_caption
+from lora_studio.core.config import LoraConfig, MixedPrecision, Optimizer
 from lora_studio.core.errors import (
+    LoraStudioError,
     ModelError,
-    OutputError,
     TrainingCancelled,
     TrainingError,
 )
 from lora_studio.core.estimates import plan_steps
 from lora_studio.core.jobs import LOG_TAIL, MAX_HISTORY, JobStatus, Progress
 from lora_studio.core.request import TrainingRequest
+from lora_studio.training import checkpoints as ckpt
+from lora_studio.training.cache import RunCaches, latent_key, module_fingerprint, text_key
+from lora_studio.training.data import (
+    TrainItem,
+    batches_per_epoch,
+    epoch_batches,
+    load_pixels,
+    prepare_items,
+    varied_caption,
+)
 from lora_studio.training.export import (
     RunFacts,
+    clip_kohya_keys,
     kohya_metadata,
-    peft_to_kohya,
     save_kohya_lora,
     unique_output_path,
 )
 from lora_studio.training.families import get_family
-from lora_studio.training.images import load_training_image
+from lora_studio.training.families.base import LossInputs
 from lora_studio.training.tiny import ensure_builtin_model
 
 if TYPE_CHECKING:
@@ -58,6 +73,9 @@ if TYPE_CHECKING:
     from lora_studio.training.families.base import Components, Family
 
 log = logging.getLogger(__name__)
+
+#: UNet convolutions that get LoRA layers when ``conv_rank`` is set (LoCon).
+CONV_TARGETS = ("conv1", "conv2", "conv_shortcut", "conv")
 
 
 class TrainerCallbacks(Protocol):
@@ -73,13 +91,30 @@ class TrainerCommands:
 
     def __init__(self) -> None:
         self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
 
     def stop(self) -> None:
         self._stop.set()
+        self._running.set()  # a paused run must wake up to stop
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
 
     @property
     def stop_requested(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def wait_while_paused(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a resume (or stop); ``True`` once not paused."""
+        return self._running.wait(timeout)
 
 
 @dataclass(frozen=True)
@@ -89,6 +124,9 @@ class TrainResult:
     final_loss: float | None
     cancelled: bool
     config_path: Path | None = None
+    checkpoint: Path | None = None
+    sample_paths: tuple[Path, ...] = ()
+    diffusers_path: Path | None = None
 
 
 @dataclass
@@ -103,21 +141,28 @@ class _Run:
     weight_dtype: torch.dtype
     accelerator: Any
     generator: torch.Generator
-    items: list[ImageItem]
-    total_steps: int
+    items: list[TrainItem]
+    caches: RunCaches
+    total_steps: int = 0
     comps: Components = field(init=False)
-    latents_mean: torch.Tensor = field(init=False)
-    latents_std: torch.Tensor = field(init=False)
-    input_ids: torch.Tensor = field(init=False)
-    cached_embeddings: torch.Tensor | None = None
+    latents: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    cached_text: list[dict[str, torch.Tensor]] | None = None
+    token_ids: list[torch.Tensor] = field(default_factory=list)
     denoiser: Any = None
-    text_encoder: Any = None
+    text_encoders: list[Any] = field(default_factory=list)
+    trained_encoders: list[int] = field(default_factory=list)
     optimizer: Any = None
     lr_scheduler: Any = None
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
     step: int = 0
     epoch: int = 0
+    batch_index: int = 0
+    epoch_order: list[list[int]] = field(default_factory=list)
     cancelled: bool = False
+    resume: ckpt.ResumeState | None = None
+    last_checkpoint: Path | None = None
+    sample_paths: list[Path] = field(default_factory=list)
+    writer: Any = None
 
 
 class _NullCallbacks:
@@ -167,6 +212,49 @@ def _fresh_accelerator(mixed_precision: str, grad_accum: int, cpu: bool) -> Any:
     )
 
 
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    current = next(module.parameters()).dtype
+    if current == dtype:
+        module.to(device)
+    else:
+        module.to(device, dtype=dtype)
+
+
+def make_optimizer(config: LoraConfig, groups: list[dict[str, Any]], on_cuda: bool) -> Any:
+    """The optimizer ``config`` asks for, over the LoRA parameter groups."""
+    import torch
+
+    wd = config.weight_decay
+    if config.optimizer is Optimizer.ADAMW:
+        return torch.optim.AdamW(groups, weight_decay=wd)
+    if config.optimizer is Optimizer.ADAMW_8BIT:
+        if not on_cuda:
+            raise TrainingError(
+                "AdamW 8-bit needs an NVIDIA GPU (bitsandbytes); on this device choose AdamW "
+                "or Adafactor."
+            )
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TrainingError(
+                "AdamW 8-bit needs the bitsandbytes package: pip install bitsandbytes"
+            ) from None
+        return bnb.optim.AdamW8bit(groups, weight_decay=wd)
+    if config.optimizer is Optimizer.PRODIGY:
+        try:
+            from prodigyopt import Prodigy
+        except ImportError:
+            raise TrainingError(
+                "Prodigy needs the prodigyopt package: pip install prodigyopt"
+            ) from None
+        return Prodigy(groups, weight_decay=wd, safeguard_warmup=True, use_bias_correction=True)
+    from transformers.optimization import Adafactor
+
+    return Adafactor(
+        groups, scale_parameter=False, relative_step=False, warmup_init=False, weight_decay=wd
+    )
+
+
 class Trainer:
     """Trains one LoRA for a :class:`TrainingRequest` (see the module docstring)."""
 
@@ -176,12 +264,17 @@ class Trainer:
         callbacks: TrainerCallbacks | None = None,
         commands: TrainerCommands | None = None,
         device: str | None = None,
+        *,
+        resume_from: Path | None = None,
+        cache_root: Path | None = None,
     ) -> None:
         self.request = request
         self.config: LoraConfig = request.config.validate()
         self.callbacks = callbacks or _NullCallbacks()
         self.commands = commands or TrainerCommands()
         self._device_name = device
+        self._resume_from = resume_from
+        self._cache_root = cache_root
         self._progress = Progress(status=JobStatus.PREPARING)
         self._log_tail: deque[str] = deque(maxlen=LOG_TAIL)
         self._losses: list[float] = []
@@ -224,7 +317,7 @@ class Trainer:
         except TrainingCancelled:
             self._publish(status=JobStatus.CANCELLED, message="Cancelled before training began")
             raise
-        except (ModelError, OutputError, TrainingError) as exc:
+        except LoraStudioError as exc:
             self._publish(status=JobStatus.FAILED, error=str(exc), message="Failed")
             raise
         except MemoryError:
@@ -235,8 +328,8 @@ class Trainer:
             text = str(exc)
             if "out of memory" in text.lower():
                 msg = (
-                    "The GPU ran out of memory. Lower the resolution, batch size or rank, "
-                    "or pick the Fast preset."
+                    "The GPU ran out of memory. Lower the resolution, batch size or rank, turn "
+                    "on gradient checkpointing, or pick the Fast preset."
                 )
             else:
                 msg = f"Training failed: {text.splitlines()[0] if text else type(exc).__name__}"
@@ -249,16 +342,24 @@ class Trainer:
         self._publish(status=JobStatus.PREPARING, message="Checking the output folder")
         ensure_writable_dir(self.request.output_dir)
         run = self._setup()
-        self._load_and_cache(run)
-        self._attach_lora(run)
-        self._loop(run)
-        return self._save(run, started)
+        try:
+            self._load_and_cache(run)
+            self._attach_lora(run)
+            self._restore(run)
+            self._loop(run)
+            return self._save(run, started)
+        finally:
+            if run.writer is not None:
+                run.writer.close()
+            run.caches.hashes.save()
+
+    # ---- phase 1: set-up -----------------------------------------------------------------
 
     def _setup(self) -> _Run:
-        """Resolve the model and device, pick the images, plan the steps."""
         import torch
 
         config = self.config
+        resume = ckpt.read_checkpoint(self._resume_from) if self._resume_from else None
         ref = resolve_base_model(self.request.base_model)
         if ref.family is None:
             raise ModelError(f"Cannot tell which model family {ref.ref} belongs to.")
@@ -277,14 +378,11 @@ class Trainer:
         accelerator = _fresh_accelerator(precision, config.gradient_accumulation_steps, on_cpu)
         torch.manual_seed(config.seed)
 
-        items = self._usable_items()
-        plan = plan_steps(sum(item.repeats or config.repeats for item in items), config)
-        self._publish(total_steps=plan.total_steps, total_epochs=plan.epochs)
-        self._log(
-            f"{len(items)} images, {plan.samples_per_epoch} samples per epoch, "
-            f"{plan.total_steps} steps ({plan.epochs} epochs) at {config.resolution} px on "
-            f"{device_name}"
-        )
+        items = prepare_items(self.request.dataset.images, config, self._skip)
+        if not items:
+            raise TrainingError(
+                "None of the dataset's images can be read, so there is nothing to train on."
+            )
         return _Run(
             ref=ref,
             family=family,
@@ -297,12 +395,25 @@ class Trainer:
             accelerator=accelerator,
             generator=torch.Generator(device="cpu").manual_seed(config.seed),
             items=items,
-            total_steps=plan.total_steps,
+            caches=RunCaches(config.cache_to_disk, self._cache_root),
+            resume=resume,
         )
 
+    def _skip(self, item: Any, reason: str) -> None:
+        self._log(f"Skipping {item.name}: {reason}", logging.WARNING)
+
+    def _materialise(self, ref: BaseModelRef) -> Path:
+        if ref.kind is ModelKind.BUILTIN:
+            name = ref.ref.split(":", 1)[1]
+            if not (ref.path / "model_index.json").exists():
+                self._publish(message="Building the built-in tiny model (first run only)")
+                self._log(f"Building {ref.ref} in {ref.path}")
+            return ensure_builtin_model(name)
+        return ref.path
+
+    # ---- phase 2: load and cache ---------------------------------------------------------
+
     def _load_and_cache(self, run: _Run) -> None:
-        """Load the model; encode every image (and, unless the text encoder is trained,
-        every caption) once; move what is no longer needed off the GPU."""
         import torch
 
         self._publish(message=f"Loading {run.ref.display_name}")
@@ -310,44 +421,149 @@ class Trainer:
         comps = run.family.load(run.ref, run.local_path)
         run.comps = comps
         self._check_stop()
-        for module in (comps.vae, comps.text_encoder, comps.denoiser):
+        for module in (comps.vae, *comps.text_encoders, comps.denoiser):
             module.requires_grad_(False)
-        # The VAE stays fp32 on the CPU (half precision there is slow and imprecise).
-        vae_dtype = torch.float32 if run.device.type == "cpu" else run.weight_dtype
+        # The VAE stays fp32 on the CPU (half precision there is slow and imprecise) and
+        # on CUDA too for fp16 (SD VAEs overflow in fp16); bf16 is safe.
+        vae_dtype = torch.bfloat16 if run.weight_dtype == torch.bfloat16 else torch.float32
         _place(comps.vae, run.device, vae_dtype)
+        for encoder in comps.text_encoders:
+            _place(encoder, run.device, run.weight_dtype)
         _place(comps.denoiser, run.device, run.weight_dtype)
-        _place(comps.text_encoder, run.device, run.weight_dtype)
 
-        run.latents_mean, run.latents_std = self._cache_latents(comps, run.items, run.device)
-        captions = [training_caption(item, self.config.trigger_word) for item in run.items]
-        run.input_ids = run.family.tokenize(comps, captions)
-        if not self.config.train_text_encoder:
-            self._publish(message="Caching text embeddings")
-            with torch.no_grad():
-                chunks = [
-                    run.family.encode_tokens(comps.text_encoder, ids.to(run.device)).cpu()
-                    for ids in run.input_ids.split(8)
-                ]
-            run.cached_embeddings = torch.cat(chunks)
-            comps.text_encoder.to("cpu")
+        self._cache_latents(run)
+        if self.config.uses_text_cache:
+            self._cache_text(run)
+            for encoder in comps.text_encoders:
+                encoder.to("cpu")
+        else:
+            why = (
+                "the text encoder is trained"
+                if self.config.train_text_encoder
+                else "captions vary (dropout/shuffle)"
+            )
+            self._log(f"Encoding captions every step: {why}")
         comps.vae.to("cpu")
         if run.device.type == "cuda":
             torch.cuda.empty_cache()
         self._check_stop()
 
-    def _lora_config(self, targets: tuple[str, ...]) -> Any:
+        plan = plan_steps(
+            sum(item.repeats for item in run.items),
+            self.config,
+            batches_per_epoch=batches_per_epoch(run.items, self.config.batch_size),
+        )
+        run.total_steps = plan.total_steps
+        buckets = sorted({str(item.bucket) for item in run.items})
+        self._publish(total_steps=plan.total_steps, total_epochs=plan.epochs)
+        self._log(
+            f"{len(run.items)} images in {len(buckets)} bucket(s) ({', '.join(buckets[:6])}"
+            f"{'...' if len(buckets) > 6 else ''}), {plan.samples_per_epoch} samples per "
+            f"epoch, {plan.total_steps} steps ({plan.epochs} epochs) on {run.device.type}"
+        )
+
+    def _cache_latents(self, run: _Run) -> None:
+        import torch
+
+        vae = run.comps.vae
+        dtype = next(vae.parameters()).dtype
+        fingerprint = module_fingerprint(vae)
+        kept: list[TrainItem] = []
+        computed = 0
+        for number, item in enumerate(run.items, start=1):
+            self._check_stop()
+            self._publish(message=f"Caching latents {number}/{len(run.items)}")
+            try:
+                key = latent_key(
+                    run.caches.hashes.hash(item.item.path), item.placement, fingerprint
+                )
+                entry = run.caches.latents.get(key)
+                if entry is None:
+                    pixels = load_pixels(item.item.path, item.placement)
+                    with torch.no_grad():
+                        dist = vae.encode(
+                            pixels.unsqueeze(0).to(run.device, dtype=dtype)
+                        ).latent_dist
+                    entry = {"mean": dist.mean[0].float().cpu(), "std": dist.std[0].float().cpu()}
+                    run.caches.latents.put(key, entry)
+                    computed += 1
+            except (OSError, ValueError, SyntaxError) as exc:
+                self._skip(item.item, f"Image cannot be decoded ({exc}).")
+                continue
+            run.latents.append((entry["mean"], entry["std"]))
+            kept.append(item)
+        if not kept:
+            raise TrainingError(
+                "None of the dataset's images can be read, so there is nothing to train on."
+            )
+        run.items = kept
+        self._log(
+            f"Latents of {len(kept)} images: {len(kept) - computed} from the cache, "
+            f"{computed} encoded"
+        )
+
+    def _cache_text(self, run: _Run) -> None:
+        import torch
+
+        comps = run.comps
+        fingerprint = module_fingerprint(
+            comps.text_encoders[0],
+            extra=":".join(
+                [module_fingerprint(e) for e in comps.text_encoders[1:]]
+                + [str(getattr(t, "model_max_length", "")) for t in comps.tokenizers]
+                + [type(run.family).__name__]
+            ),
+        )
+        self._publish(message="Caching text embeddings")
+        run.cached_text = []
+        computed = 0
+        for item in run.items:
+            key = text_key(item.caption, fingerprint)
+            entry = run.caches.text.get(key)
+            if entry is None:
+                ids = [t.to(run.device) for t in run.family.tokenize(comps, [item.caption])]
+                with torch.no_grad():
+                    encoded = run.family.encode_text(comps, comps.text_encoders, ids)
+                entry = {k: v[0].float().cpu() for k, v in encoded.items()}
+                run.caches.text.put(key, entry)
+                computed += 1
+            run.cached_text.append(entry)
+        self._log(
+            f"Text embeddings of {len(run.items)} captions: {len(run.items) - computed} from "
+            f"the cache, {computed} encoded"
+        )
+
+    # ---- phase 3: LoRA layers, optimizer, resume ---------------------------------------------
+
+    def _targets(self, run: _Run) -> list[str]:
+        config = self.config
+        custom = [t.strip() for t in config.target_modules.split(",") if t.strip()]
+        targets = custom or list(run.family.denoiser_target_modules)
+        if config.conv_rank and run.family.has_conv_layers:
+            targets += [t for t in CONV_TARGETS if t not in targets]
+        elif config.conv_rank:
+            self._log(f"Conv rank ignored: {run.family.family.label} has no UNet convolutions")
+        return targets
+
+    def _lora_config(self, targets: list[str], *, conv: bool) -> Any:
         from peft import LoraConfig as PeftLoraConfig
 
+        config = self.config
+        kwargs: dict[str, Any] = {}
+        if conv and config.conv_rank:
+            # peft patterns are matched against the end of module names.
+            kwargs["rank_pattern"] = {t: config.conv_rank for t in CONV_TARGETS}
+            kwargs["alpha_pattern"] = {t: config.conv_alpha for t in CONV_TARGETS}
         return PeftLoraConfig(
-            r=self.config.rank,
-            lora_alpha=self.config.alpha,
+            r=config.rank,
+            lora_alpha=config.alpha,
             init_lora_weights="gaussian",
-            target_modules=list(targets),
+            target_modules=targets,
+            use_dora=config.use_dora,
+            **kwargs,
         )
 
     def _attach_lora(self, run: _Run) -> None:
-        """peft LoRA layers (fp32) on the denoiser, and on the text encoder if asked;
-        AdamW and the LR schedule over them."""
         import torch
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import cast_training_params
@@ -355,136 +571,362 @@ class Trainer:
 
         config = self.config
         comps = run.comps
-        comps.denoiser.add_adapter(self._lora_config(run.family.unet_target_modules))
+        targets = self._targets(run)
+        try:
+            comps.denoiser.add_adapter(self._lora_config(targets, conv=run.family.has_conv_layers))
+        except ValueError as exc:
+            raise TrainingError(f"Cannot put LoRA layers on {targets}: {exc}") from None
         trained: list[tuple[torch.nn.Module, float]] = [(comps.denoiser, config.learning_rate)]
+        run.text_encoders = list(comps.text_encoders)
         if config.train_text_encoder:
-            # peft's own injection, not transformers' add_adapter: the latter demands
-            # newer peft releases than diffusers needs, for the same result.
-            inject_adapter_in_model(
-                self._lora_config(run.family.text_encoder_target_modules), comps.text_encoder
-            )
-            trained.append((comps.text_encoder, config.effective_text_encoder_lr))
-        param_groups = []
+            run.trained_encoders = [
+                i for i, prefix in enumerate(run.family.text_encoder_prefixes) if prefix
+            ]
+            for i in run.trained_encoders:
+                # peft's own injection, not transformers' add_adapter: the latter demands
+                # newer peft releases than diffusers needs, for the same result.
+                inject_adapter_in_model(
+                    self._lora_config(list(run.family.text_encoder_target_modules), conv=False),
+                    comps.text_encoders[i],
+                )
+                trained.append((comps.text_encoders[i], config.effective_text_encoder_lr))
+        if config.gradient_checkpointing:
+            comps.denoiser.enable_gradient_checkpointing()
+            for i in run.trained_encoders:
+                encoder = comps.text_encoders[i]
+                if hasattr(encoder, "gradient_checkpointing_enable"):
+                    encoder.gradient_checkpointing_enable()
+        groups = []
         for module, lr in trained:
             if run.precision != "no":
                 cast_training_params(module, dtype=torch.float32)
             module.train()
             params = [p for p in module.parameters() if p.requires_grad]
-            param_groups.append({"params": params, "lr": lr})
+            groups.append({"params": params, "lr": lr})
             run.trainable.extend(params)
         self._log(
-            f"Training {sum(p.numel() for p in run.trainable):,} LoRA parameters "
-            f"(rank {config.rank})"
+            f"Training {sum(p.numel() for p in run.trainable):,} LoRA parameters (rank "
+            f"{config.rank}{', DoRA' if config.use_dora else ''}"
+            f"{f', conv rank {config.conv_rank}' if config.conv_rank else ''}; "
+            f"{config.optimizer.value})"
         )
-        optimizer = torch.optim.AdamW(param_groups, weight_decay=1e-2)
+        optimizer = make_optimizer(config, groups, run.device.type == "cuda")
         run.lr_scheduler = get_scheduler(
             config.lr_scheduler.value,
             optimizer=optimizer,
             num_warmup_steps=config.lr_warmup_steps,
             num_training_steps=max(1, run.total_steps),
+            num_cycles=config.lr_cycles,
+            power=config.lr_power,
         )
         prepared = run.accelerator.prepare(*[m for m, _ in trained], optimizer)
         run.denoiser = prepared[0]
-        run.text_encoder = prepared[1] if config.train_text_encoder else comps.text_encoder
+        for slot, i in enumerate(run.trained_encoders, start=1):
+            run.text_encoders[i] = prepared[slot]
         run.optimizer = prepared[-1]
+        if config.torch_compile:
+            self._log("Compiling the denoiser with torch.compile (the first step is slow)")
+            run.denoiser = torch.compile(run.denoiser)
+
+    def _fingerprint(self, run: _Run) -> dict[str, Any]:
+        config = self.config
+        dataset = [
+            [
+                self.request.dataset.relative_name(item.item),
+                item.repeats,
+                str(item.bucket),
+            ]
+            for item in run.items
+        ]
+        return {
+            "family": run.family.family.value,
+            "base_model_version": run.ref.version,
+            "rank": config.rank,
+            "alpha": config.alpha,
+            "target_modules": ",".join(self._targets(run)),
+            "use_dora": config.use_dora,
+            "conv_rank": config.conv_rank,
+            "conv_alpha": config.conv_alpha,
+            "train_text_encoder": config.train_text_encoder,
+            "batch_size": config.batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "dataset": dataset,
+        }
+
+    def _adapter_modules(self, run: _Run) -> dict[str, torch.nn.Module]:
+        unwrap = run.accelerator.unwrap_model
+        modules = {"denoiser": unwrap(run.comps.denoiser)}
+        for i in run.trained_encoders:
+            modules[f"text_encoder_{i}"] = unwrap(run.comps.text_encoders[i])
+        return modules
+
+    def _restore(self, run: _Run) -> None:
+        state = run.resume
+        if state is None:
+            return
+        ckpt.check_compatible(state.fingerprint, self._fingerprint(run))
+        ckpt.load_training_state(
+            state,
+            modules=self._adapter_modules(run),
+            optimizer=run.optimizer,
+            lr_scheduler=run.lr_scheduler,
+            generator=run.generator,
+        )
+        run.step, run.epoch = state.step, state.epoch
+        run.batch_index, run.epoch_order = state.batch_index, state.epoch_batches
+        self._losses = list(state.losses)
+        changed = [
+            name
+            for name, value in self.config.to_dict().items()
+            if state.config.to_dict().get(name) != value and name not in ("name",)
+        ]
+        self._log(
+            f"Resumed from {state.folder.name} (step {state.step}, epoch {state.epoch})"
+            + (f"; changed since: {', '.join(changed)}" if changed else "")
+        )
+
+    # ---- phase 4: the loop ---------------------------------------------------------------
+
+    def _batch_inputs(self, run: _Run, batch: list[int]) -> LossInputs:
+        import torch
+
+        config = self.config
+        device = run.device
+        means = torch.stack([run.latents[i][0] for i in batch])
+        stds = torch.stack([run.latents[i][1] for i in batch])
+        eps = torch.randn(means.shape, generator=run.generator)
+        latents = run.family.scale_latents(run.comps, means + stds * eps).to(device)
+        if run.cached_text is not None:
+            cond = {
+                key: torch.stack([run.cached_text[i][key] for i in batch]).to(
+                    device, dtype=run.weight_dtype
+                )
+                for key in run.cached_text[batch[0]]
+            }
+        else:
+            captions = [varied_caption(run.items[i].caption, config, run.generator) for i in batch]
+            ids = [t.to(device) for t in run.family.tokenize(run.comps, captions)]
+            with contextlib.nullcontext() if run.trained_encoders else _no_grad():
+                encoded = run.family.encode_text(run.comps, run.text_encoders, ids)
+            cond = {k: v.to(dtype=run.weight_dtype) for k, v in encoded.items()}
+        meta = torch.tensor([run.items[i].meta for i in batch], dtype=torch.float32).to(device)
+        return LossInputs(
+            comps=run.comps,
+            denoiser=run.denoiser,
+            latents=latents,
+            cond=cond,
+            image_meta=meta,
+            generator=run.generator,
+            config=config,
+            weight_dtype=run.weight_dtype,
+            autocast=run.accelerator.autocast,
+        )
 
     def _loop(self, run: _Run) -> None:
-        """Optimizer steps until ``total_steps`` or a stop request."""
         import torch
 
         config = self.config
         accelerator = run.accelerator
-        trained = [run.denoiser] + ([run.text_encoder] if config.train_text_encoder else [])
-        samples = [
-            index
-            for index, item in enumerate(run.items)
-            for _ in range(item.repeats or config.repeats)
-        ]
+        trained = [run.denoiser] + [run.text_encoders[i] for i in run.trained_encoders]
+        self._open_tensorboard(run)
         loop_started = time.time()
-        self._publish(status=JobStatus.RUNNING, message="Training", step=0)
-        self._log("Training started")
+        start_step = run.step
+        self._publish(status=JobStatus.RUNNING, message="Training", step=run.step)
+        self._log(
+            "Training started" if not start_step else f"Training resumed at step {start_step}"
+        )
         micro_losses: list[float] = []
         while run.step < run.total_steps:
-            run.epoch += 1
-            order = torch.randperm(len(samples), generator=run.generator).tolist()
-            for start in range(0, len(order), config.batch_size):
-                batch = torch.tensor([samples[i] for i in order[start : start + config.batch_size]])
-                with accelerator.accumulate(*trained):
-                    loss = self._loss(run, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(run.trainable, 1.0)
-                    run.optimizer.step()
-                    run.optimizer.zero_grad(set_to_none=True)
-                    micro_losses.append(float(loss.detach().item()))
-                if not accelerator.sync_gradients:
-                    continue
-                run.lr_scheduler.step()
-                run.step += 1
-                self._losses.append(sum(micro_losses) / len(micro_losses))
-                micro_losses.clear()
-                self._report_step(run, loop_started)
-                if self.commands.stop_requested:
-                    run.cancelled = True
-                    self._log(f"Cancel requested: stopping after step {run.step}")
-                    return
-                if run.step >= run.total_steps:
-                    return
+            if run.batch_index >= len(run.epoch_order):
+                run.epoch += 1
+                run.epoch_order = epoch_batches(run.items, config.batch_size, run.generator)
+                run.batch_index = 0
+            batch = run.epoch_order[run.batch_index]
+            run.batch_index += 1
+            with accelerator.accumulate(*trained):
+                loss = run.family.loss(self._batch_inputs(run, batch))
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"The loss became {loss.item()} at step {run.step + 1}. Lower the "
+                        f"learning rate, or train in bf16/fp32 instead of fp16."
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(run.trainable, config.max_grad_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+                micro_losses.append(float(loss.detach().item()))
+            if not accelerator.sync_gradients:
+                continue
+            run.lr_scheduler.step()
+            run.step += 1
+            self._losses.append(sum(micro_losses) / len(micro_losses))
+            micro_losses.clear()
+            self._report_step(run, loop_started, start_step)
+            epoch_done = run.batch_index >= len(run.epoch_order)
+            if (
+                epoch_done
+                and config.save_every_n_epochs
+                and run.epoch % config.save_every_n_epochs == 0
+                and run.step < run.total_steps
+            ):
+                self._checkpoint(run)
+            if self._after_step(run):
+                return
 
-    def _loss(self, run: _Run, batch: torch.Tensor) -> torch.Tensor:
-        """The noise-prediction (or velocity) MSE of one batch."""
-        import torch
+    def _after_step(self, run: _Run) -> bool:
+        """Samples, checkpoints, pause and stop after an optimizer step; ``True`` to stop."""
+        config = self.config
+        if (
+            config.sample_every_n_steps
+            and config.sample_prompt_list
+            and run.step % config.sample_every_n_steps == 0
+            and run.step < run.total_steps
+        ):
+            self._samples(run)
+        if config.save_every_n_steps and run.step % config.save_every_n_steps == 0:
+            self._checkpoint(run)
+        if self.commands.paused and not self.commands.stop_requested:
+            self._log(f"Paused after step {run.step}")
+            self._publish(status=JobStatus.PAUSED, message="Paused")
+            while not self.commands.wait_while_paused(0.25):
+                pass
+            if not self.commands.stop_requested:
+                self._log("Resumed")
+                self._publish(status=JobStatus.RUNNING, message=f"Training: epoch {run.epoch}")
+        if self.commands.stop_requested:
+            run.cancelled = True
+            self._log(f"Cancel requested: stopping after step {run.step}")
+            self._checkpoint(run)
+            return True
+        return False
 
-        comps, device, gen = run.comps, run.device, run.generator
-        scheduler = comps.noise_scheduler
-        scaling = float(getattr(comps.vae.config, "scaling_factor", 0.18215))
-        mean = run.latents_mean[batch].to(device)
-        std = run.latents_std[batch].to(device)
-        latents = (mean + std * torch.randn(mean.shape, generator=gen).to(device)) * scaling
-        noise = torch.randn(latents.shape, generator=gen).to(device)
-        num_timesteps = int(scheduler.config.num_train_timesteps)
-        timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), generator=gen).to(device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        if comps.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        if run.cached_embeddings is not None:
-            cond = run.cached_embeddings[batch].to(device, dtype=run.weight_dtype)
-        else:
-            cond = run.family.encode_tokens(run.text_encoder, run.input_ids[batch].to(device))
-        with run.accelerator.autocast():
-            pred = run.denoiser(noisy.to(run.weight_dtype), timesteps, cond).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"The loss became {loss.item()} at step {run.step + 1}. Lower the learning "
-                f"rate, or train in bf16/fp32 instead of fp16."
+    def _report_step(self, run: _Run, loop_started: float, start_step: int) -> None:
+        step, total, loss = run.step, run.total_steps, self._losses[-1]
+        elapsed = time.time() - loop_started
+        done = step - start_step
+        rate = done / elapsed if elapsed > 0 and done > 0 else None
+        eta = (total - step) / rate if rate else None
+        history = self._losses
+        if len(history) > MAX_HISTORY:
+            stride = math.ceil(len(history) / MAX_HISTORY)
+            history = history[::stride]
+        lr = float(run.lr_scheduler.get_last_lr()[0])
+        if step == 1 or step == total or step % max(1, total // 20) == 0:
+            self._log(f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}")
+        if run.writer is not None:
+            run.writer.add_scalar("loss", loss, step)
+            run.writer.add_scalar("learning_rate", lr, step)
+        self._publish(
+            step=step,
+            epoch=run.epoch,
+            loss=loss,
+            loss_history=tuple(history),
+            learning_rate=lr,
+            elapsed_s=elapsed,
+            eta_s=eta,
+            samples_per_s=rate * self.config.effective_batch_size if rate else None,
+            message=f"Training: epoch {run.epoch}",
+        )
+
+    def _open_tensorboard(self, run: _Run) -> None:
+        if not self.config.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self._log(
+                "TensorBoard logs need the tensorboard package (pip install tensorboard); "
+                "training goes on without them.",
+                logging.WARNING,
             )
-        return loss
+            return
+        folder = self.request.output_dir / f"{self.config.name}-logs"
+        run.writer = SummaryWriter(log_dir=str(folder))
+        self._log(f"TensorBoard logs in {folder}")
+
+    def _samples(self, run: _Run) -> None:
+        from lora_studio.training.samples import draw_samples
+
+        prompts = self.config.sample_prompt_list
+        if not prompts:
+            return
+        self._publish(message=f"Drawing {len(prompts)} sample image(s)")
+        folder = self.request.output_dir / f"{self.config.name}-samples"
+        try:
+            paths = draw_samples(
+                run.family,
+                run.comps,
+                run.accelerator.unwrap_model(run.denoiser),
+                run.text_encoders,
+                prompts,
+                folder=folder,
+                step=run.step,
+                size=self.config.resolution,
+                inference_steps=self.config.sample_inference_steps,
+                seed=self.config.seed,
+                device=run.device,
+            )
+        except (OSError, RuntimeError, ValueError) as exc:  # a sample must not end the run
+            self._log(f"Could not draw samples at step {run.step}: {exc}", logging.WARNING)
+            return
+        run.sample_paths.extend(paths)
+        self._log(f"Samples at step {run.step}: {', '.join(p.name for p in paths)}")
+        self._publish(
+            sample_paths=tuple(str(p) for p in paths), message=f"Training: epoch {run.epoch}"
+        )
+
+    def _checkpoint(self, run: _Run) -> None:
+        from peft.utils import get_peft_model_state_dict
+
+        root = ckpt.checkpoints_root(self.request.output_dir, self.config.name)
+        adapters = {
+            owner: get_peft_model_state_dict(module)
+            for owner, module in self._adapter_modules(run).items()
+        }
+        run.last_checkpoint = ckpt.save_checkpoint(
+            root,
+            step=run.step,
+            epoch=run.epoch,
+            batch_index=run.batch_index,
+            epoch_batches=run.epoch_order,
+            losses=self._losses,
+            config=self.config,
+            fingerprint=self._fingerprint(run),
+            adapters=adapters,
+            optimizer=run.optimizer,
+            lr_scheduler=run.lr_scheduler,
+            generator=run.generator,
+            keep_last=self.config.keep_last_checkpoints,
+        )
+        self._log(f"Checkpoint saved: {run.last_checkpoint}")
+
+    # ---- phase 5: save -----------------------------------------------------------------
 
     def _save(self, run: _Run, started: float) -> TrainResult:
-        """Write the kohya LoRA (and its config beside it); report the outcome."""
         from peft.utils import get_peft_model_state_dict
 
         config = self.config
+        if config.sample_prompt_list and not run.cancelled:
+            self._samples(run)
         self._publish(status=JobStatus.SAVING, message="Saving the LoRA")
-        unwrap = run.accelerator.unwrap_model
-        te_state = (
-            get_peft_model_state_dict(unwrap(run.text_encoder))
-            if config.train_text_encoder
-            else None
-        )
-        tensors = peft_to_kohya(
-            get_peft_model_state_dict(unwrap(run.denoiser)),
-            te_state,
-            alpha=config.alpha,
-            text_encoder_prefix=run.family.text_encoder_prefix,
-        )
+        modules = self._adapter_modules(run)
+        denoiser_state = get_peft_model_state_dict(modules["denoiser"])
+        encoder_states: list[dict[str, Any] | None] = []
+        tensors = dict(run.family.kohya_keys(denoiser_state, config))
+        for i, prefix in enumerate(run.family.text_encoder_prefixes):
+            state = (
+                get_peft_model_state_dict(modules[f"text_encoder_{i}"])
+                if i in run.trained_encoders
+                else None
+            )
+            encoder_states.append(state)
+            if state is not None and prefix:
+                tensors.update(clip_kohya_keys(state, prefix, alpha=config.alpha))
         name = f"{config.name}-step{run.step:05d}" if run.cancelled else config.name
         out_path = unique_output_path(self.request.output_dir, name)
         facts = RunFacts(
-            base_model_version=run.ref.version or "sd_v1",
+            base_model_version=run.ref.version or run.family.kohya_version,
             base_model_name=run.ref.display_name,
             num_train_images=len(run.items),
             num_reg_images=0,
@@ -497,6 +939,11 @@ class Trainer:
         )
         meta = kohya_metadata(config, self.request.dataset, facts, out_path.stem)
         save_kohya_lora(out_path, tensors, meta)
+        diffusers_path = None
+        if config.save_diffusers_format:
+            folder = out_path.with_name(f"{out_path.stem}-diffusers")
+            diffusers_path = run.family.save_diffusers_lora(folder, denoiser_state, encoder_states)
+            self._log(f"Diffusers-format LoRA: {diffusers_path}")
         config_path: Path | None = out_path.with_suffix(".toml")
         try:
             config.replace(name=out_path.stem).save(config_path)
@@ -510,9 +957,18 @@ class Trainer:
             output_path=str(out_path),
             eta_s=0.0,
         )
+        result = TrainResult(
+            output_path=out_path,
+            steps=run.step,
+            final_loss=self._losses[-1] if self._losses else None,
+            cancelled=run.cancelled,
+            config_path=config_path,
+            checkpoint=run.last_checkpoint,
+            sample_paths=tuple(run.sample_paths),
+            diffusers_path=diffusers_path,
+        )
         self._release(run)
-        final_loss = self._losses[-1] if self._losses else None
-        return TrainResult(out_path, run.step, final_loss, run.cancelled, config_path)
+        return result
 
     def _release(self, run: _Run) -> None:
         """Drop the run's references to models and optimizer state.
@@ -523,94 +979,28 @@ class Trainer:
         import torch
 
         run.accelerator = None
-        run.denoiser = run.text_encoder = run.optimizer = run.lr_scheduler = None
+        run.denoiser = run.optimizer = run.lr_scheduler = None
+        run.text_encoders = []
         run.trainable.clear()
+        run.latents = []
+        run.cached_text = None
         del run.comps
         if run.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    # ---- pieces ------------------------------------------------------------------------
 
-    def _materialise(self, ref: BaseModelRef) -> Path:
-        if ref.kind is ModelKind.BUILTIN:
-            name = ref.ref.split(":", 1)[1]
-            if not (ref.path / "model_index.json").exists():
-                self._publish(message="Building the built-in tiny model (first run only)")
-                self._log(f"Building {ref.ref} in {ref.path}")
-            return ensure_builtin_model(name)
-        return ref.path
+def _no_grad() -> Any:
+    import torch
 
-    def _usable_items(self) -> list[ImageItem]:
-        items: list[ImageItem] = []
-        for item in self.request.dataset.images:
-            reason = check_image(item.path)
-            if reason:
-                self._log(f"Skipping {item.name}: {reason}", logging.WARNING)
-                continue
-            items.append(item)
-        if not items:
-            raise TrainingError(
-                "None of the dataset's images can be read, so there is nothing to train on."
-            )
-        return items
-
-    def _cache_latents(
-        self, comps: Components, items: list[ImageItem], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        means: list[torch.Tensor] = []
-        stds: list[torch.Tensor] = []
-        vae = comps.vae
-        dtype = next(vae.parameters()).dtype
-        for number, item in enumerate(items, start=1):
-            self._check_stop()
-            self._publish(message=f"Caching latents {number}/{len(items)}")
-            pixels = load_training_image(item.path, self.config.resolution)
-            with torch.no_grad():
-                dist = vae.encode(pixels.unsqueeze(0).to(device, dtype=dtype)).latent_dist
-            means.append(dist.mean.float().cpu())
-            stds.append(dist.std.float().cpu())
-        self._log(f"Cached latents of {len(items)} images")
-        return torch.cat(means), torch.cat(stds)
-
-    def _report_step(self, run: _Run, loop_started: float) -> None:
-        step, total, loss = run.step, run.total_steps, self._losses[-1]
-        elapsed = time.time() - loop_started
-        rate = step / elapsed if elapsed > 0 else None
-        eta = (total - step) / rate if rate else None
-        history = self._losses
-        if len(history) > MAX_HISTORY:
-            stride = math.ceil(len(history) / MAX_HISTORY)
-            history = history[::stride]
-        lr = float(run.lr_scheduler.get_last_lr()[0])
-        if step == 1 or step == total or step % max(1, total // 20) == 0:
-            self._log(f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}")
-        self._publish(
-            step=step,
-            epoch=run.epoch,
-            loss=loss,
-            loss_history=tuple(history),
-            learning_rate=lr,
-            elapsed_s=elapsed,
-            eta_s=eta,
-            samples_per_s=rate * self.config.effective_batch_size if rate else None,
-            message=f"Training: epoch {run.epoch}",
-        )
-
-
-def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    current = next(module.parameters()).dtype
-    if current == dtype:
-        module.to(device)
-    else:
-        module.to(device, dtype=dtype)
+    return torch.no_grad()
 
 
 def run_training(
     request: TrainingRequest,
     callbacks: TrainerCallbacks | None = None,
     commands: TrainerCommands | None = None,
+    *,
+    resume_from: Path | None = None,
 ) -> TrainResult:
     """Convenience: build a :class:`Trainer` and run it."""
-    return Trainer(request, callbacks, commands).train()
+    return Trainer(request, callbacks, commands, resume_from=resume_from).train()

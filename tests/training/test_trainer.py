@@ -276,11 +276,11 @@ def test_incomplete_model_folder_is_a_clear_error(tiny_model, small_dataset, tmp
         Trainer(_request(small_dataset, tmp_path / "out", base=str(broken))).train()
 
 
-def test_unsupported_family_is_named(small_dataset, tmp_path) -> None:
-    folder = tmp_path / "xl"
+def test_unknown_model_family_is_named(small_dataset, tmp_path) -> None:
+    folder = tmp_path / "kandinsky"
     folder.mkdir()
     (folder / "model_index.json").write_text(
-        '{"_class_name": "StableDiffusionXLPipeline"}', encoding="utf-8"
+        '{"_class_name": "KandinskyV22Pipeline"}', encoding="utf-8"
     )
-    with pytest.raises(ModelError, match="SDXL"):
+    with pytest.raises(ModelError, match="Cannot tell which model family"):
         Trainer(_request(small_dataset, tmp_path / "out", base=str(folder))).train()

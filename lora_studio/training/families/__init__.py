@@ -17,24 +17,35 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[ModelFamily, str] = {
     ModelFamily.SD15: "lora_studio.training.families.sd15:SD15Family",
+    ModelFamily.SDXL: "lora_studio.training.families.sdxl:SDXLFamily",
+    ModelFamily.SD3: "lora_studio.training.families.sd3:SD3Family",
+    ModelFamily.FLUX: "lora_studio.training.families.flux:FluxFamily",
 }
+
+
+def _load(family: ModelFamily) -> type | None:
+    import importlib
+
+    module_name, _, class_name = _REGISTRY[family].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:  # this family's module is not written yet
+            return None
+        raise
+    return getattr(module, class_name)  # type: ignore[no-any-return]
 
 
 def get_family(family: ModelFamily) -> Family:
     """The :class:`Family` implementation for ``family``."""
-    import importlib
-
-    target = _REGISTRY.get(family)
-    if target is None:
-        available = ", ".join(f.label for f in _REGISTRY)
+    cls = _load(family)
+    if cls is None:
+        available = ", ".join(f.label for f in supported_families())
         raise ModelError(
-            f"Training {family.label} LoRAs locally is not supported yet (available: "
-            f"{available}). Choose an SD 1.5 base model."
+            f"Training {family.label} LoRAs locally is not supported yet (available: {available})."
         )
-    module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
     return cls()  # type: ignore[no-any-return]
 
 
 def supported_families() -> list[ModelFamily]:
-    return list(_REGISTRY)
+    return [family for family in _REGISTRY if _load(family) is not None]

@@ -1,30 +1,67 @@
-"""Stable Diffusion 1.x/2.x: UNet2DConditionModel, CLIP text encoder, epsilon or
-v-prediction (read from the scheduler config)."""
+"""Stable Diffusion 1.x/2.x: UNet2DConditionModel, one CLIP text encoder, DDPM noise
+prediction with epsilon or v-prediction (read from the scheduler config)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lora_studio.core.base_model import BaseModelRef, ModelKind
-from lora_studio.core.config import ModelFamily
+from lora_studio.core.config import LoraConfig, ModelFamily
 from lora_studio.core.errors import ModelError
-from lora_studio.training.families.base import Components
+from lora_studio.training.export import kohya_lora_keys
+from lora_studio.training.families.base import Components, LossInputs
+from lora_studio.training.objectives import ddpm_loss
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
+#: diffusers UNet modules whose LoRA layers SD 1.x/SDXL LoRAs usually carry.
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+#: CLIP attention projections (the text-encoder LoRA of kohya's SD 1.x/SDXL files).
+CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def require_subfolders(path: Path, names: Sequence[str]) -> None:
+    """Raise :class:`ModelError` naming the first missing component folder."""
+    for sub in names:
+        if not (path / sub).is_dir():
+            raise ModelError(f"The base model folder {path} is incomplete: {sub}/ is missing.")
+
+
+def unet_predict(inputs: LossInputs, **added: Any) -> Any:
+    """A ``predict(noisy, timesteps)`` closure for :func:`ddpm_loss` over a UNet."""
+
+    def predict(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        with inputs.autocast():
+            return inputs.denoiser(
+                noisy.to(inputs.weight_dtype),
+                timesteps,
+                inputs.cond["prompt_embeds"],
+                **added,
+            ).sample
+
+    return predict
+
 
 class SD15Family:
     family = ModelFamily.SD15
-    unet_target_modules = ("to_q", "to_k", "to_v", "to_out.0")
-    text_encoder_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj")
-    # kohya's SD 1.x files name text-encoder modules lora_te_ (SDXL: lora_te1_/lora_te2_).
-    text_encoder_prefix = "lora_te_"
+    kohya_version = "sd_v1"
     pipeline_class_name = "StableDiffusionPipeline"
+    denoiser_target_modules = UNET_ATTENTION
+    text_encoder_target_modules = CLIP_ATTENTION
+    # kohya's SD 1.x files name text-encoder modules lora_te_ (SDXL: lora_te1_/lora_te2_).
+    text_encoder_prefixes: tuple[str | None, ...] = ("lora_te_",)
+    has_conv_layers = True
 
     def load(self, ref: BaseModelRef, local_path: Path) -> Components:
         from diffusers import DDPMScheduler
@@ -44,23 +81,19 @@ class SD15Family:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(
-                f"The base model at {local_path} cannot be loaded: {_first_line(exc)}"
+                f"The base model at {local_path} cannot be loaded: {first_line(exc)}"
             ) from exc
         prediction_type = str(noise_scheduler.config.get("prediction_type", "epsilon"))
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ModelError(f"Unsupported prediction type {prediction_type!r} in {local_path}.")
-        return Components(tokenizer, text_encoder, vae, unet, noise_scheduler, prediction_type)
+        return Components([tokenizer], [text_encoder], vae, unet, noise_scheduler, prediction_type)
 
     @staticmethod
-    def _load_folder(
-        path: Path,
-    ) -> tuple[object, torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    def _load_folder(path: Path) -> tuple[Any, Any, Any, Any]:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        for sub in ("tokenizer", "text_encoder", "vae", "unet", "scheduler"):
-            if not (path / sub).is_dir():
-                raise ModelError(f"The base model folder {path} is incomplete: {sub}/ is missing.")
+        require_subfolders(path, ("tokenizer", "text_encoder", "vae", "unet", "scheduler"))
         tokenizer = CLIPTokenizer.from_pretrained(
             path, subfolder="tokenizer", local_files_only=True
         )
@@ -72,9 +105,7 @@ class SD15Family:
         return tokenizer, text_encoder, vae, unet
 
     @staticmethod
-    def _load_single_file(
-        path: Path,
-    ) -> tuple[object, torch.nn.Module, torch.nn.Module, torch.nn.Module, dict]:
+    def _load_single_file(path: Path) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         from diffusers import StableDiffusionPipeline
 
         # from_single_file needs the matching diffusers configs; offline they come from the
@@ -86,31 +117,101 @@ class SD15Family:
         except (OSError, ValueError) as exc:
             raise ModelError(
                 f"{path.name} could not be loaded as a single-file SD checkpoint: "
-                f"{_first_line(exc)} (single-file loading needs the model's diffusers "
+                f"{first_line(exc)} (single-file loading needs the model's diffusers "
                 f"config in the Hugging Face cache, or use a diffusers folder)."
             ) from exc
-        return pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, dict(pipe.scheduler.config)
+        return (
+            pipe.tokenizer,
+            pipe.text_encoder,
+            pipe.vae,
+            pipe.unet,
+            dict(pipe.scheduler.config),
+        )
 
-    def tokenize(self, components: Components, prompts: list[str]) -> torch.Tensor:
-        tokenizer = components.tokenizer
-        return tokenizer(
-            prompts,
+    def tokenize(self, comps: Components, captions: Sequence[str]) -> list[torch.Tensor]:
+        tokenizer = comps.tokenizers[0]
+        ids = tokenizer(
+            list(captions),
             padding="max_length",
             max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         ).input_ids
+        return [ids]
 
-    def encode_tokens(self, text_encoder: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-        return text_encoder(input_ids)[0]
+    def encode_text(
+        self,
+        comps: Components,
+        text_encoders: Sequence[torch.nn.Module],
+        token_ids: Sequence[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": text_encoders[0](token_ids[0])[0]}
 
-    def encode_prompts(
-        self, components: Components, prompts: list[str], device: torch.device
-    ) -> torch.Tensor:
-        ids = self.tokenize(components, prompts).to(device)
-        return self.encode_tokens(components.text_encoder, ids)
+    def scale_latents(self, comps: Components, latents: torch.Tensor) -> torch.Tensor:
+        return latents * float(getattr(comps.vae.config, "scaling_factor", 0.18215))
+
+    def loss(self, inputs: LossInputs) -> torch.Tensor:
+        comps = inputs.comps
+        return ddpm_loss(
+            inputs.latents,
+            comps.noise_scheduler,
+            comps.prediction_type,
+            unet_predict(inputs),
+            inputs.generator,
+            inputs.config,
+        )
+
+    def kohya_keys(self, denoiser_lora: dict[str, Any], config: LoraConfig) -> dict[str, Any]:
+        return kohya_lora_keys(
+            denoiser_lora, "lora_unet_", alpha=config.alpha, conv_alpha=config.conv_alpha
+        )
+
+    def pipeline(
+        self, comps: Components, denoiser: Any, text_encoders: Sequence[torch.nn.Module]
+    ) -> Any:
+        from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=comps.vae,
+            text_encoder=text_encoders[0],
+            tokenizer=comps.tokenizers[0],
+            unet=denoiser,
+            scheduler=EulerDiscreteScheduler.from_config(comps.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def save_diffusers_lora(
+        self,
+        folder: Path,
+        denoiser_lora: dict[str, Any],
+        text_encoder_loras: Sequence[dict[str, Any] | None],
+    ) -> Path:
+        from diffusers import StableDiffusionPipeline
+
+        return save_with_pipeline(
+            StableDiffusionPipeline,
+            folder,
+            unet_lora_layers=denoiser_lora,
+            text_encoder_lora_layers=text_encoder_loras[0] if text_encoder_loras else None,
+        )
+
+    def make_tiny(self, folder: Path, seed: int = 0) -> Path:
+        from lora_studio.training.tiny import make_tiny_sd15
+
+        return make_tiny_sd15(folder, seed)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def save_with_pipeline(pipeline_class: Any, folder: Path, **layers: Any) -> Path:
+    """``pipeline_class.save_lora_weights`` of peft state dicts (``None`` ones left out)."""
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
+
+    converted = {
+        name: convert_state_dict_to_diffusers(state)
+        for name, state in layers.items()
+        if state is not None
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline_class.save_lora_weights(folder, safe_serialization=True, **converted)
+    return folder / "pytorch_lora_weights.safetensors"
