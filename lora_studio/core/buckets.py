@@ -46,8 +46,9 @@ def make_buckets(
 ) -> list[Bucket]:
     """Every bucket of area at most ``resolution**2`` with sides in ``[min_side, max_side]``."""
     max_area = resolution * resolution
-    lo = max(step, (min_side // step) * step)
-    hi = max(lo, (max_side // step) * step)
+    # The square bucket must fit, whatever the side limits say.
+    lo = max(step, (min(min_side, resolution) // step) * step)
+    hi = max(lo, (max(max_side, resolution) // step) * step)
     found: set[Bucket] = set()
     width = lo
     while width <= hi:
