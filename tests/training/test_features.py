@@ -355,9 +355,9 @@ def test_pause_holds_between_steps_until_resumed(small_dataset, tmp_path):
     class PauseAtTwo(Recorder):
         def on_progress(self, progress: Progress) -> None:
             super().on_progress(progress)
-            if progress.step == 2 and progress.status is JobStatus.RUNNING and not commands.paused:
-                if not paused.is_set():
-                    commands.pause()
+            at_two = progress.step == 2 and progress.status is JobStatus.RUNNING
+            if at_two and not commands.paused and not paused.is_set():
+                commands.pause()
             if progress.status is JobStatus.PAUSED:
                 paused.set()
 
