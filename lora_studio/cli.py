@@ -88,11 +88,16 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, family: ModelFamily | None) -> LoraConfig:
-    """Preset or config file, then every flag the user gave."""
+    """Preset, config file or resumed checkpoint, then every flag the user gave."""
     if args.config and args.preset:
         raise ConfigError("Give either --preset or --config, not both.")
+    resume = getattr(args, "resume", None)
     if args.config:
         base = LoraConfig.load(args.config)
+    elif resume and not args.preset:
+        from lora_studio.training.checkpoints import read_checkpoint
+
+        base = read_checkpoint(resume).config
     else:
         preset = args.preset or (_FAMILY_PRESET.get(family) if family else None) or "sd15"
         base = LoraConfig.from_preset(preset)
@@ -147,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
             cmd.add_argument(
                 "--save-config", type=Path, help="also write the effective config here"
+            )
+            cmd.add_argument(
+                "--resume",
+                type=Path,
+                metavar="CHECKPOINT",
+                help="continue from a checkpoint (a step-* folder, or NAME-checkpoints for "
+                "its newest); without --config/--preset its saved settings are used",
             )
             cmd.add_argument(
                 "--quiet", "-q", action="store_true", help="print only the output path"
@@ -302,16 +314,16 @@ def _train(args: argparse.Namespace) -> int:
     creator.load_dataset(args.dataset)
     if args.save_config:
         config.save(args.save_config)
-    return asyncio.run(_train_async(creator, quiet=args.quiet))
+    return asyncio.run(_train_async(creator, quiet=args.quiet, resume=args.resume))
 
 
-async def _train_async(creator: Any, *, quiet: bool) -> int:
+async def _train_async(creator: Any, *, quiet: bool, resume: Path | None = None) -> int:
     report = await creator.prepare_dataset()
     if not quiet:
         print(f"Dataset: {report.summary()}", file=sys.stderr)
         for name, why in report.unreadable:
             print(f"  skipping {name}: {why}", file=sys.stderr)
-    job = await creator.train()
+    job = await creator.train(resume_from=resume)
     loop = asyncio.get_running_loop()
     interrupts = 0
 
@@ -345,6 +357,9 @@ async def _train_async(creator: Any, *, quiet: bool) -> int:
     if final.status is JobStatus.CANCELLED:
         if final.output_path:
             print(f"Cancelled; the LoRA trained so far: {final.output_path}", file=sys.stderr)
+            checkpoints = Path(final.output_path).parent / f"{creator.config.name}-checkpoints"
+            if checkpoints.is_dir():
+                print(f"Continue with: --resume {checkpoints}", file=sys.stderr)
         else:
             _error("cancelled before training began; nothing was saved")
         return EXIT_CANCELLED

@@ -166,7 +166,7 @@ class LoraCreator:
             raise DatasetError("No dataset loaded: open a folder of images first.")
         return self.dataset
 
-    def build_request(self) -> TrainingRequest:
+    def build_request(self, resume_from: Path | None = None) -> TrainingRequest:
         """Check everything that can be checked cheaply and snapshot the inputs.
 
         Touches the disk (model folder, output folder): call it off the GUI thread.
@@ -184,12 +184,19 @@ class LoraCreator:
             config=self.config,
             base_model=self.base_model,
             output_dir=self.output_dir,
+            resume_from=resume_from,
         )
 
-    async def train(self) -> Job:
-        """Submit a training job to the backend (local by default) and return it."""
+    async def train(self, resume_from: str | os.PathLike[str] | None = None) -> Job:
+        """Submit a training job to the backend (local by default) and return it.
+
+        Args:
+            resume_from: a checkpoint to continue from (a ``step-*`` folder or a run's
+                ``<name>-checkpoints`` folder, whose newest checkpoint is used).
+        """
+        resume = Path(resume_from) if resume_from is not None else None
         # Off the event loop: resolving the model and probing the output folder touch disk.
-        request = await asyncio.to_thread(self.build_request)
+        request = await asyncio.to_thread(self.build_request, resume)
         backend = self._backend()
         job = await backend.submit(request)
         self._jobs[job.id] = (job, backend)
@@ -233,6 +240,22 @@ class LoraCreator:
     async def cancel(self, job_id: str) -> None:
         job, backend = self._lookup(job_id)
         await backend.cancel(job)
+
+    async def pause(self, job_id: str) -> None:
+        """Pause a local run after its current step (remote backends cannot pause)."""
+        job, backend = self._lookup(job_id)
+        pause = getattr(backend, "pause", None)
+        if pause is None:
+            raise BackendError(f"The {backend.kind.value} backend cannot pause a run.")
+        await pause(job)
+
+    async def resume(self, job_id: str) -> None:
+        """Continue a paused run."""
+        job, backend = self._lookup(job_id)
+        resume = getattr(backend, "resume", None)
+        if resume is None:
+            raise BackendError(f"The {backend.kind.value} backend cannot pause a run.")
+        await resume(job)
 
     async def download_weights(
         self, job_id: str, dest: str | os.PathLike[str] | None = None

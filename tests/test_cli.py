@@ -170,13 +170,13 @@ def test_python_dash_m_entry_point(tiny_model, small_dataset, tmp_path) -> None:
     assert result.stdout.strip() == str(tmp_path / "out" / "my_lora.safetensors")
 
 
-def test_ctrl_c_stops_after_the_current_step_and_keeps_the_lora(
-    tiny_model, small_dataset, tmp_path
+def test_ctrl_c_keeps_the_lora_so_far_and_resume_finishes_the_run(
+    tiny_model, small_dataset, tmp_path, capsys
 ) -> None:
     import signal
 
     args = _train_args(small_dataset, tmp_path / "out")
-    args[args.index("--max-steps") + 1] = "5000"
+    args[args.index("--max-steps") + 1] = "40"
     proc = subprocess.Popen(
         [sys.executable, "-m", "lora_studio", *args],
         stdout=subprocess.PIPE,
@@ -188,7 +188,7 @@ def test_ctrl_c_stops_after_the_current_step_and_keeps_the_lora(
     seen = []
     for line in proc.stderr:
         seen.append(line)
-        if "step 1/5000" in line:
+        if "step 1/40" in line:
             proc.send_signal(signal.SIGINT)
             break
     rest_err = proc.stderr.read()
@@ -199,3 +199,21 @@ def test_ctrl_c_stops_after_the_current_step_and_keeps_the_lora(
     assert len(saved) == 1
     step = int(saved[0].stem.rsplit("step", 1)[1])
     assert 1 <= step <= 3  # the step running when Ctrl+C came, give or take a log line
+    checkpoints = tmp_path / "out" / "my_lora-checkpoints"
+    assert f"Continue with: --resume {checkpoints}" in rest_err
+
+    code = main(
+        [
+            "train",
+            str(small_dataset),
+            "--resume",
+            str(checkpoints),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"Resumed from step-{step:06d}" in captured.err
+    assert "step 40/40" in captured.err
+    assert Path(captured.out.strip()) == tmp_path / "out" / "my_lora.safetensors"

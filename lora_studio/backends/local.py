@@ -149,6 +149,14 @@ class LocalBackend:
         run = self._run(job)
         run.commands.stop()  # type: ignore[attr-defined]
 
+    async def pause(self, job: Job) -> None:
+        """Hold the run after its current step (it keeps its memory; Cancel still works)."""
+        self._run(job).commands.pause()  # type: ignore[attr-defined]
+
+    async def resume(self, job: Job) -> None:
+        """Continue a paused run."""
+        self._run(job).commands.resume()  # type: ignore[attr-defined]
+
     async def download_weights(self, job: Job, dest: Path | None = None) -> Path:
         run = self._run(job)
         if not run.finished.is_set():

@@ -21,6 +21,8 @@ class TrainingRequest:
     config: LoraConfig
     base_model: str
     output_dir: Path
+    #: a checkpoint folder (or a run's ``<name>-checkpoints`` folder) to continue from.
+    resume_from: Path | None = None
 
     @property
     def output_name(self) -> str:

@@ -273,7 +273,7 @@ class Trainer:
         self.callbacks = callbacks or _NullCallbacks()
         self.commands = commands or TrainerCommands()
         self._device_name = device
-        self._resume_from = resume_from
+        self._resume_from = resume_from or request.resume_from
         self._cache_root = cache_root
         self._progress = Progress(status=JobStatus.PREPARING)
         self._log_tail: deque[str] = deque(maxlen=LOG_TAIL)
