@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--quiet", "-q", action="store_true", help="print only the output path"
             )
+            cmd.add_argument(
+                "--progress-json",
+                action="store_true",
+                help="print every progress update as a JSON line on stdout (for programs "
+                "that run lora-studio, e.g. the app's multi-GPU jobs)",
+            )
         else:
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -314,10 +320,27 @@ def _train(args: argparse.Namespace) -> int:
     creator.load_dataset(args.dataset)
     if args.save_config:
         config.save(args.save_config)
-    return asyncio.run(_train_async(creator, quiet=args.quiet, resume=args.resume))
+    # Under `accelerate launch` every process runs this command; only the first speaks.
+    main_process = os.environ.get("RANK", "0") == "0"
+    return asyncio.run(
+        _train_async(
+            creator,
+            quiet=args.quiet or not main_process,
+            resume=args.resume,
+            json_lines=args.progress_json and main_process,
+            print_result=main_process,
+        )
+    )
 
 
-async def _train_async(creator: Any, *, quiet: bool, resume: Path | None = None) -> int:
+async def _train_async(
+    creator: Any,
+    *,
+    quiet: bool,
+    resume: Path | None = None,
+    json_lines: bool = False,
+    print_result: bool = True,
+) -> int:
     report = await creator.prepare_dataset()
     if not quiet:
         print(f"Dataset: {report.summary()}", file=sys.stderr)
@@ -342,17 +365,20 @@ async def _train_async(creator: Any, *, quiet: bool, resume: Path | None = None)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, on_sigint)
 
-    display = _ProgressDisplay(quiet=quiet)
+    display = _ProgressDisplay(quiet=quiet or json_lines)
     final: Progress | None = None
     try:
         async for progress in creator.watch(job.id):
             display.update(progress)
+            if json_lines:
+                print(json.dumps({"event": "progress", **progress.to_dict()}), flush=True)
             final = progress
     finally:
         display.close()
     assert final is not None
-    if final.status is JobStatus.SUCCEEDED and final.output_path:
-        print(final.output_path)
+    if final.status is JobStatus.SUCCEEDED:
+        if print_result and not json_lines and final.output_path:
+            print(final.output_path)
         return EXIT_OK
     if final.status is JobStatus.CANCELLED:
         if final.output_path:

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,23 @@ class Progress:
 
     def evolve(self, **changes: Any) -> Progress:
         return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (e.g. to send across a process boundary)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
+        """The inverse of :meth:`to_dict`; unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["status"] = JobStatus(values.get("status", JobStatus.QUEUED))
+        for name in ("loss_history", "sample_paths", "log_tail"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
 
 
 MAX_HISTORY = 1000

@@ -6,13 +6,15 @@ that decides what the rest of the run does:
 * ``adapter.safetensors`` - the LoRA weights (peft state dicts of the denoiser and of each
   trained text encoder);
 * ``optimizer.pt``, ``scheduler.pt`` - optimizer moments and LR-schedule position;
-* ``rng.pt`` - the run generator's state (batch order, noise, timesteps, caption
-  variation all draw from it) and torch's global RNG states;
+* ``rng.pt`` - the run's two generators (the batch order; and latents, noise, timesteps,
+  caption variation) and torch's global RNG states;
 * ``state.json`` - step, epoch, this epoch's batch order and position, the loss history,
   the config, and the fingerprint that a resumed run must match.
 
 Resuming restores all of it, so a run that is interrupted and resumed ends with the same
-weights as one that was not (on the CPU, bit for bit). A checkpoint whose fingerprint
+weights as one that was not (on the CPU, bit for bit). Under a multi-process launch only the
+main process's random stream is saved: a resumed distributed run continues correctly but
+not bit for bit. A checkpoint whose fingerprint
 differs (another family, rank, alpha, target modules, dataset...) is refused with a
 message that names each difference.
 """
@@ -97,6 +99,7 @@ def save_checkpoint(
     optimizer: Any,
     lr_scheduler: Any,
     generator: torch.Generator,
+    order_generator: torch.Generator,
     keep_last: int,
 ) -> Path:
     """Write a checkpoint (complete or not at all) and delete all but the newest
@@ -118,7 +121,11 @@ def save_checkpoint(
         save_file(flat, str(staging / "adapter.safetensors"))
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")
-        rng: dict[str, Any] = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {
+            "generator": generator.get_state(),
+            "order_generator": order_generator.get_state(),
+            "torch": torch.get_rng_state(),
+        }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, staging / "rng.pt")
@@ -202,6 +209,7 @@ def load_training_state(
     optimizer: Any,
     lr_scheduler: Any,
     generator: torch.Generator,
+    order_generator: torch.Generator,
 ) -> None:
     """Put a checkpoint's weights, optimizer, schedule and RNG states back in place."""
     import torch
@@ -225,6 +233,7 @@ def load_training_state(
     lr_scheduler.load_state_dict(torch.load(state.folder / "scheduler.pt", weights_only=False))
     rng = torch.load(state.folder / "rng.pt", weights_only=False)
     generator.set_state(rng["generator"])
+    order_generator.set_state(rng["order_generator"])
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

@@ -140,7 +140,8 @@ class _Run:
     precision: str
     weight_dtype: torch.dtype
     accelerator: Any
-    generator: torch.Generator
+    generator: torch.Generator  # this process's stream: latents, noise, timesteps, captions
+    order_generator: torch.Generator  # shared by all processes: the order of batches
     items: list[TrainItem]
     caches: RunCaches
     total_steps: int = 0
@@ -163,6 +164,12 @@ class _Run:
     last_checkpoint: Path | None = None
     sample_paths: list[Path] = field(default_factory=list)
     writer: Any = None
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
 class _NullCallbacks:
@@ -199,13 +206,24 @@ def _quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
 
 
+def launched_processes() -> int:
+    """How many processes ``accelerate launch``/``torchrun`` started for this run (1 when
+    running on our own)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def _fresh_accelerator(mixed_precision: str, grad_accum: int, cpu: bool) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
     # accelerate keeps process-wide singleton state that refuses a second Accelerator with
     # other settings; a desktop app trains many runs in one process, so start each afresh.
-    AcceleratorState._reset_state(reset_partial_state=True)
+    # Under a distributed launcher the process group (partial state) is kept: one run per
+    # process there, and the group cannot be set up twice.
+    AcceleratorState._reset_state(reset_partial_state=launched_processes() == 1)
     GradientState._reset_state()
     return Accelerator(
         mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu
@@ -376,6 +394,9 @@ class Trainer:
             )
             precision = "no"
         accelerator = _fresh_accelerator(precision, config.gradient_accumulation_steps, on_cpu)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        if world > 1 and rank == 0:
+            self._log(f"Distributed training: {world} processes ({accelerator.distributed_type})")
         torch.manual_seed(config.seed)
 
         items = prepare_items(self.request.dataset.images, config, self._skip)
@@ -393,10 +414,13 @@ class Trainer:
                 precision, torch.float32
             ),
             accelerator=accelerator,
-            generator=torch.Generator(device="cpu").manual_seed(config.seed),
+            generator=torch.Generator(device="cpu").manual_seed(config.seed + 7919 * (rank + 1)),
+            order_generator=torch.Generator(device="cpu").manual_seed(config.seed),
             items=items,
             caches=RunCaches(config.cache_to_disk, self._cache_root),
             resume=resume,
+            rank=rank,
+            world=world,
         )
 
     def _skip(self, item: Any, reason: str) -> None:
@@ -448,10 +472,12 @@ class Trainer:
             torch.cuda.empty_cache()
         self._check_stop()
 
+        # Each process runs its share of every epoch's batches (see _shard).
+        per_process = -(-batches_per_epoch(run.items, self.config.batch_size) // run.world)
         plan = plan_steps(
             sum(item.repeats for item in run.items),
             self.config,
-            batches_per_epoch=batches_per_epoch(run.items, self.config.batch_size),
+            batches_per_epoch=per_process,
         )
         run.total_steps = plan.total_steps
         buckets = sorted({str(item.bucket) for item in run.items})
@@ -671,6 +697,7 @@ class Trainer:
             optimizer=run.optimizer,
             lr_scheduler=run.lr_scheduler,
             generator=run.generator,
+            order_generator=run.order_generator,
         )
         run.step, run.epoch = state.step, state.epoch
         run.batch_index, run.epoch_order = state.batch_index, state.epoch_batches
@@ -739,7 +766,11 @@ class Trainer:
         while run.step < run.total_steps:
             if run.batch_index >= len(run.epoch_order):
                 run.epoch += 1
-                run.epoch_order = epoch_batches(run.items, config.batch_size, run.generator)
+                run.epoch_order = _shard(
+                    epoch_batches(run.items, config.batch_size, run.order_generator),
+                    run.rank,
+                    run.world,
+                )
                 run.batch_index = 0
             batch = run.epoch_order[run.batch_index]
             run.batch_index += 1
@@ -760,7 +791,12 @@ class Trainer:
                 continue
             run.lr_scheduler.step()
             run.step += 1
-            self._losses.append(sum(micro_losses) / len(micro_losses))
+            step_loss = sum(micro_losses) / len(micro_losses)
+            if run.world > 1:  # the loss of the step is the mean over all processes
+                step_loss = float(
+                    accelerator.reduce(torch.tensor([step_loss], device=run.device), "mean")[0]
+                )
+            self._losses.append(step_loss)
             micro_losses.clear()
             self._report_step(run, loop_started, start_step)
             epoch_done = run.batch_index >= len(run.epoch_order)
@@ -786,6 +822,8 @@ class Trainer:
             self._samples(run)
         if config.save_every_n_steps and run.step % config.save_every_n_steps == 0:
             self._checkpoint(run)
+        if run.world > 1:
+            return self._after_step_distributed(run)
         if self.commands.paused and not self.commands.stop_requested:
             self._log(f"Paused after step {run.step}")
             self._publish(status=JobStatus.PAUSED, message="Paused")
@@ -800,6 +838,19 @@ class Trainer:
             self._checkpoint(run)
             return True
         return False
+
+    def _after_step_distributed(self, run: _Run) -> bool:
+        """Stop together: every process must leave the loop after the same step, or the
+        others would wait for it forever. (Pausing is not offered across processes.)"""
+        import torch
+
+        wanted = torch.tensor([1.0 if self.commands.stop_requested else 0.0], device=run.device)
+        if float(run.accelerator.reduce(wanted, "sum")[0]) == 0:
+            return False
+        run.cancelled = True
+        self._log(f"Cancel requested: stopping after step {run.step}")
+        self._checkpoint(run)
+        return True
 
     def _report_step(self, run: _Run, loop_started: float, start_step: int) -> None:
         step, total, loss = run.step, run.total_steps, self._losses[-1]
@@ -849,7 +900,7 @@ class Trainer:
         from lora_studio.training.samples import draw_samples
 
         prompts = self.config.sample_prompt_list
-        if not prompts:
+        if not prompts or not run.is_main:
             return
         self._publish(message=f"Drawing {len(prompts)} sample image(s)")
         folder = self.request.output_dir / f"{self.config.name}-samples"
@@ -879,6 +930,10 @@ class Trainer:
     def _checkpoint(self, run: _Run) -> None:
         from peft.utils import get_peft_model_state_dict
 
+        if not run.is_main:
+            run.accelerator.wait_for_everyone()
+            return
+
         root = ckpt.checkpoints_root(self.request.output_dir, self.config.name)
         adapters = {
             owner: get_peft_model_state_dict(module)
@@ -897,9 +952,12 @@ class Trainer:
             optimizer=run.optimizer,
             lr_scheduler=run.lr_scheduler,
             generator=run.generator,
+            order_generator=run.order_generator,
             keep_last=self.config.keep_last_checkpoints,
         )
         self._log(f"Checkpoint saved: {run.last_checkpoint}")
+        if run.world > 1:
+            run.accelerator.wait_for_everyone()
 
     # ---- phase 5: save -----------------------------------------------------------------
 
@@ -907,6 +965,21 @@ class Trainer:
         from peft.utils import get_peft_model_state_dict
 
         config = self.config
+        if not run.is_main:  # the main process writes the files
+            run.accelerator.wait_for_everyone()
+            self._publish(
+                status=JobStatus.CANCELLED if run.cancelled else JobStatus.SUCCEEDED,
+                message="Done by the main process",
+                eta_s=0.0,
+            )
+            result = TrainResult(
+                output_path=self.request.output_dir / f"{config.name}.safetensors",
+                steps=run.step,
+                final_loss=self._losses[-1] if self._losses else None,
+                cancelled=run.cancelled,
+            )
+            self._release(run)
+            return result
         if config.sample_prompt_list and not run.cancelled:
             self._samples(run)
         self._publish(status=JobStatus.SAVING, message="Saving the LoRA")
@@ -957,6 +1030,8 @@ class Trainer:
             output_path=str(out_path),
             eta_s=0.0,
         )
+        if run.world > 1:
+            run.accelerator.wait_for_everyone()
         result = TrainResult(
             output_path=out_path,
             steps=run.step,
@@ -978,6 +1053,9 @@ class Trainer:
         """
         import torch
 
+        if run.world > 1 and torch.distributed.is_initialized():
+            # A gloo/NCCL group left open aborts the process at exit.
+            torch.distributed.destroy_process_group()
         run.accelerator = None
         run.denoiser = run.optimizer = run.lr_scheduler = None
         run.text_encoders = []
@@ -987,6 +1065,17 @@ class Trainer:
         del run.comps
         if run.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """This process's share of an epoch's batches. Every process gets the same number
+    (the list is padded by wrapping around, as torch's DistributedSampler does), so they
+    all reach each optimizer step together."""
+    if world == 1:
+        return batches
+    per_process = -(-len(batches) // world)
+    padded = batches + batches[: per_process * world - len(batches)]
+    return padded[rank::world]
 
 
 def _no_grad() -> Any:
