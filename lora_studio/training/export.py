@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lora_studio.core.atomic import atomic_write_bytes
 from lora_studio.core.config import LoraConfig
@@ -75,6 +75,8 @@ def kohya_lora_keys(
             module = module_root + module
         name = prefix + module.replace(".", "_")
         value = tensor.detach().to("cpu").contiguous()
+        if kohya_suffix == ".dora_scale":
+            value = _kohya_dora_shape(value)
         out[name + kohya_suffix] = value
         if kohya_suffix == ".lora_down.weight":
             module_alpha = conv_alpha if (value.ndim == 4 and conv_alpha is not None) else alpha
@@ -88,6 +90,61 @@ _PEFT_TO_KOHYA_SUFFIX = {
     ".lora_magnitude_vector.weight": ".dora_scale",
     ".lora_magnitude_vector": ".dora_scale",
 }
+
+
+def _kohya_dora_shape(magnitude: torch.Tensor) -> torch.Tensor:
+    """kohya/LyCORIS store DoRA magnitudes as ``(out, 1)`` (linear) and ``(out, 1, 1, 1)``
+    (conv), which ComfyUI and Forge index by output; peft keeps ``(out,)`` and
+    ``(1, out, 1, 1)``. diffusers reads either."""
+    if magnitude.ndim == 1:
+        return magnitude.reshape(-1, 1)
+    if magnitude.ndim == 4 and magnitude.shape[0] == 1:
+        return magnitude.reshape(magnitude.shape[1], 1, 1, 1)
+    return magnitude
+
+
+def diffusers_adapter_metadata(peft_config: Any) -> dict[str, Any]:
+    """The parts of a peft ``LoraConfig`` diffusers stores in a LoRA file and applies on
+    load; without them it assumes alpha = rank for every module."""
+    return {
+        "r": int(peft_config.r),
+        "lora_alpha": float(peft_config.lora_alpha),
+        "target_modules": sorted(peft_config.target_modules),
+        "use_dora": bool(peft_config.use_dora),
+        "rank_pattern": {k: int(v) for k, v in dict(peft_config.rank_pattern or {}).items()},
+        "alpha_pattern": {k: float(v) for k, v in dict(peft_config.alpha_pattern or {}).items()},
+    }
+
+
+def save_diffusers_lora_file(
+    pipeline_class: Any,
+    folder: Path,
+    layers: Mapping[str, Mapping[str, Any] | None],
+    adapter_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
+) -> Path:
+    """``pipeline_class.save_lora_weights`` of peft state dicts (``None`` ones left out).
+
+    The peft keys are written as they are (``<module>.lora_A.weight``), which
+    ``load_lora_weights`` reads natively: diffusers' ``convert_state_dict_to_diffusers``
+    renames only attention projections (to its old format), and a file mixing both
+    formats loses them on loading.
+
+    Args:
+        layers: by the pipeline's component names: ``{"unet": state, "text_encoder":
+            state, ...}`` (``transformer`` for SD 3.5/Flux).
+        adapter_metadata: :func:`diffusers_adapter_metadata` by the same names.
+    """
+    kwargs: dict[str, Any] = {}
+    for name, state in layers.items():
+        if state is None:
+            continue
+        kwargs[f"{name}_lora_layers"] = dict(state)
+        meta = (adapter_metadata or {}).get(name)
+        if meta is not None:
+            kwargs[f"{name}_lora_adapter_metadata"] = dict(meta)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline_class.save_lora_weights(folder, safe_serialization=True, **kwargs)
+    return folder / "pytorch_lora_weights.safetensors"
 
 
 def _split_peft_key(key: str) -> tuple[str, str]:

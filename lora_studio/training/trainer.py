@@ -58,7 +58,7 @@ from lora_studio.training.data import (
 )
 from lora_studio.training.export import (
     RunFacts,
-    clip_kohya_keys,
+    diffusers_adapter_metadata,
     kohya_metadata,
     save_kohya_lora,
     unique_output_path,
@@ -155,6 +155,7 @@ class _Run:
     optimizer: Any = None
     lr_scheduler: Any = None
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
+    peft_configs: dict[str, Any] = field(default_factory=dict)
     step: int = 0
     epoch: int = 0
     batch_index: int = 0
@@ -598,8 +599,9 @@ class Trainer:
         config = self.config
         comps = run.comps
         targets = self._targets(run)
+        run.peft_configs["denoiser"] = self._lora_config(targets, conv=run.family.has_conv_layers)
         try:
-            comps.denoiser.add_adapter(self._lora_config(targets, conv=run.family.has_conv_layers))
+            comps.denoiser.add_adapter(run.peft_configs["denoiser"])
         except ValueError as exc:
             raise TrainingError(f"Cannot put LoRA layers on {targets}: {exc}") from None
         trained: list[tuple[torch.nn.Module, float]] = [(comps.denoiser, config.learning_rate)]
@@ -611,10 +613,11 @@ class Trainer:
             for i in run.trained_encoders:
                 # peft's own injection, not transformers' add_adapter: the latter demands
                 # newer peft releases than diffusers needs, for the same result.
-                inject_adapter_in_model(
-                    self._lora_config(list(run.family.text_encoder_target_modules), conv=False),
-                    comps.text_encoders[i],
+                peft_config = self._lora_config(
+                    list(run.family.text_encoder_target_modules), conv=False
                 )
+                run.peft_configs[f"text_encoder_{i}"] = peft_config
+                inject_adapter_in_model(peft_config, comps.text_encoders[i])
                 trained.append((comps.text_encoders[i], config.effective_text_encoder_lr))
         if config.gradient_checkpointing:
             comps.denoiser.enable_gradient_checkpointing()
@@ -987,15 +990,15 @@ class Trainer:
         denoiser_state = get_peft_model_state_dict(modules["denoiser"])
         encoder_states: list[dict[str, Any] | None] = []
         tensors = dict(run.family.kohya_keys(denoiser_state, config))
-        for i, prefix in enumerate(run.family.text_encoder_prefixes):
+        for i in range(len(run.family.text_encoder_prefixes)):
             state = (
                 get_peft_model_state_dict(modules[f"text_encoder_{i}"])
                 if i in run.trained_encoders
                 else None
             )
             encoder_states.append(state)
-            if state is not None and prefix:
-                tensors.update(clip_kohya_keys(state, prefix, alpha=config.alpha))
+            if state is not None:
+                tensors.update(run.family.text_encoder_kohya_keys(i, state, config))
         name = f"{config.name}-step{run.step:05d}" if run.cancelled else config.name
         out_path = unique_output_path(self.request.output_dir, name)
         facts = RunFacts(
@@ -1015,7 +1018,10 @@ class Trainer:
         diffusers_path = None
         if config.save_diffusers_format:
             folder = out_path.with_name(f"{out_path.stem}-diffusers")
-            diffusers_path = run.family.save_diffusers_lora(folder, denoiser_state, encoder_states)
+            metadata = {k: diffusers_adapter_metadata(v) for k, v in run.peft_configs.items()}
+            diffusers_path = run.family.save_diffusers_lora(
+                folder, denoiser_state, encoder_states, metadata
+            )
             self._log(f"Diffusers-format LoRA: {diffusers_path}")
         config_path: Path | None = out_path.with_suffix(".toml")
         try:

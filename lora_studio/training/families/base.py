@@ -17,7 +17,7 @@ SD 3.5 and Flux:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -127,6 +127,12 @@ class Family(Protocol):
         with each module's ``.alpha`` (``config.alpha``; ``config.conv_alpha`` for convs)."""
         ...
 
+    def text_encoder_kohya_keys(
+        self, index: int, lora: dict[str, Any], config: LoraConfig
+    ) -> dict[str, Any]:
+        """The kohya keys of text encoder ``index``'s LoRA (CLIP: ``lora_te1_...``)."""
+        ...
+
     def pipeline(
         self, comps: Components, denoiser: Any, text_encoders: Sequence[torch.nn.Module]
     ) -> Any:
@@ -140,9 +146,14 @@ class Family(Protocol):
         folder: Path,
         denoiser_lora: dict[str, Any],
         text_encoder_loras: Sequence[dict[str, Any] | None],
+        adapter_metadata: Mapping[str, dict[str, Any] | None] | None = None,
     ) -> Path:
         """Write the LoRA in diffusers/peft format (``pytorch_lora_weights.safetensors``)
-        with the family's pipeline ``save_lora_weights``; returns the file."""
+        with the family's pipeline ``save_lora_weights``; returns the file.
+
+        ``adapter_metadata`` (``export.diffusers_adapter_metadata`` of the peft configs,
+        keyed ``denoiser``, ``text_encoder_0``...) goes into the file so diffusers applies
+        the trained alpha on load."""
         ...
 
     def make_tiny(self, folder: Path, seed: int = 0) -> Path:

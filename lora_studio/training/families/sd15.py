@@ -4,14 +4,18 @@ prediction with epsilon or v-prediction (read from the scheduler config)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_studio.core.base_model import BaseModelRef, ModelKind
 from lora_studio.core.config import LoraConfig, ModelFamily
 from lora_studio.core.errors import ModelError
-from lora_studio.training.export import kohya_lora_keys
+from lora_studio.training.export import (
+    clip_kohya_keys,
+    kohya_lora_keys,
+    save_diffusers_lora_file,
+)
 from lora_studio.training.families.base import Components, LossInputs
 from lora_studio.training.objectives import ddpm_loss
 
@@ -166,6 +170,14 @@ class SD15Family:
             denoiser_lora, "lora_unet_", alpha=config.alpha, conv_alpha=config.conv_alpha
         )
 
+    def text_encoder_kohya_keys(
+        self, index: int, lora: dict[str, Any], config: LoraConfig
+    ) -> dict[str, Any]:
+        prefix = self.text_encoder_prefixes[index]
+        if prefix is None:
+            raise ValueError(f"Text encoder {index} of {self.family.label} is not trainable.")
+        return clip_kohya_keys(lora, prefix, alpha=config.alpha)
+
     def pipeline(
         self, comps: Components, denoiser: Any, text_encoders: Sequence[torch.nn.Module]
     ) -> Any:
@@ -187,14 +199,16 @@ class SD15Family:
         folder: Path,
         denoiser_lora: dict[str, Any],
         text_encoder_loras: Sequence[dict[str, Any] | None],
+        adapter_metadata: Mapping[str, dict[str, Any] | None] | None = None,
     ) -> Path:
         from diffusers import StableDiffusionPipeline
 
-        return save_with_pipeline(
+        meta = adapter_metadata or {}
+        return save_diffusers_lora_file(
             StableDiffusionPipeline,
             folder,
-            unet_lora_layers=denoiser_lora,
-            text_encoder_lora_layers=text_encoder_loras[0] if text_encoder_loras else None,
+            {"unet": denoiser_lora, "text_encoder": _nth(text_encoder_loras, 0)},
+            {"unet": meta.get("denoiser"), "text_encoder": meta.get("text_encoder_0")},
         )
 
     def make_tiny(self, folder: Path, seed: int = 0) -> Path:
@@ -203,15 +217,5 @@ class SD15Family:
         return make_tiny_sd15(folder, seed)
 
 
-def save_with_pipeline(pipeline_class: Any, folder: Path, **layers: Any) -> Path:
-    """``pipeline_class.save_lora_weights`` of peft state dicts (``None`` ones left out)."""
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
-
-    converted = {
-        name: convert_state_dict_to_diffusers(state)
-        for name, state in layers.items()
-        if state is not None
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    pipeline_class.save_lora_weights(folder, safe_serialization=True, **converted)
-    return folder / "pytorch_lora_weights.safetensors"
+def _nth(items: Sequence[Any], index: int) -> Any:
+    return items[index] if index < len(items) else None
