@@ -443,7 +443,7 @@ class Trainer:
 
         self._publish(message=f"Loading {run.ref.display_name}")
         self._log(f"Loading base model {run.ref.ref}")
-        comps = run.family.load(run.ref, run.local_path)
+        comps = run.family.load(run.ref, run.local_path, run.weight_dtype)
         run.comps = comps
         self._check_stop()
         for module in (comps.vae, *comps.text_encoders, comps.denoiser):
@@ -451,10 +451,11 @@ class Trainer:
         # The VAE stays fp32 on the CPU (half precision there is slow and imprecise) and
         # on CUDA too for fp16 (SD VAEs overflow in fp16); bf16 is safe.
         vae_dtype = torch.bfloat16 if run.weight_dtype == torch.bfloat16 else torch.float32
+        # Caching first, with only the VAE and text encoders on the device; the denoiser
+        # comes after they leave, so the peak is the larger phase, not both together.
         _place(comps.vae, run.device, vae_dtype)
         for encoder in comps.text_encoders:
             _place(encoder, run.device, run.weight_dtype)
-        _place(comps.denoiser, run.device, run.weight_dtype)
 
         self._cache_latents(run)
         if self.config.uses_text_cache:
@@ -471,6 +472,7 @@ class Trainer:
         comps.vae.to("cpu")
         if run.device.type == "cuda":
             torch.cuda.empty_cache()
+        _place(comps.denoiser, run.device, run.weight_dtype)
         self._check_stop()
 
         # Each process runs its share of every epoch's batches (see _shard).

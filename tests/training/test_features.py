@@ -376,3 +376,16 @@ def test_pause_holds_between_steps_until_resumed(small_dataset, tmp_path):
     thread.join(120)
     assert recorder.progress[-1].status is JobStatus.SUCCEEDED
     assert recorder.progress[-1].step == 4
+
+
+@pytest.mark.parametrize("builtin", ["tiny-sd15", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_models_load_straight_into_the_training_precision(builtin):
+    from lora_studio.core.base_model import resolve_base_model
+    from lora_studio.training.families import get_family
+    from lora_studio.training.tiny import ensure_builtin_model
+
+    ref = resolve_base_model(f"builtin:{builtin}")
+    comps = get_family(ref.family).load(ref, ensure_builtin_model(builtin), torch.bfloat16)
+    assert next(comps.denoiser.parameters()).dtype == torch.bfloat16
+    assert all(next(e.parameters()).dtype == torch.bfloat16 for e in comps.text_encoders)
+    assert next(comps.vae.parameters()).dtype == torch.float32  # SD VAEs overflow in fp16

@@ -99,7 +99,12 @@ class Family(Protocol):
     #: whether the denoiser has convolutions worth a LoCon (conv) LoRA.
     has_conv_layers: bool
 
-    def load(self, ref: BaseModelRef, local_path: Path) -> Components: ...
+    def load(
+        self, ref: BaseModelRef, local_path: Path, dtype: torch.dtype | None = None
+    ) -> Components:
+        """The components, the UNet/transformer and text encoders in ``dtype`` (the VAE
+        stays fp32) when given."""
+        ...
 
     def tokenize(self, comps: Components, captions: Sequence[str]) -> list[torch.Tensor]:
         """Token ids per text encoder, each ``(B, L)``."""

@@ -1,8 +1,6 @@
 """What the two flow-matching transformer families (SD 3.5, Flux) share.
 
-* loading: components from a diffusers folder (one ``from_pretrained`` per subfolder, a
-  missing one named in the error) or from a single-file checkpoint through the family
-  pipeline's ``from_single_file``;
+* the training copy of the flow-matching scheduler;
 * tokenizing for CLIP (77 tokens) and T5 (the tokenizer's ``model_max_length``, capped);
 * the tiny random-weight parts: a CLIP and a T5 tokenizer built here, without the hub (the
   T5 one is a unigram vocabulary over the same caption words the tiny CLIP BPE learns
@@ -13,21 +11,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import string
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_studio.core.errors import ModelError
-from lora_studio.training.families.sd15 import first_line, require_subfolders
 
 if TYPE_CHECKING:
     import torch
-
-#: errors that mean "this model cannot be loaded" rather than a bug in LoRA Studio.
-LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError)
 
 _PEFT_SUFFIXES = {
     ".lora_A.weight": "down",
@@ -38,68 +31,6 @@ _PEFT_SUFFIXES = {
 
 
 # ---- loading ----------------------------------------------------------------------------
-
-
-def load_folder(path: Path, specs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
-    """``from_pretrained(path, subfolder=name, local_files_only=True)`` per ``(name, cls)``.
-
-    Raises:
-        ModelError: a subfolder is missing (named), or a component does not load.
-    """
-    require_subfolders(path, [name for name, _ in specs])
-    loaded: dict[str, Any] = {}
-    for name, cls in specs:
-        try:
-            loaded[name] = cls.from_pretrained(path, subfolder=name, local_files_only=True)
-        except LOAD_ERRORS as exc:
-            raise ModelError(
-                f"The {name} of the base model at {path} cannot be loaded: {first_line(exc)}"
-            ) from exc
-    return loaded
-
-
-@contextlib.contextmanager
-def hub_offline() -> Iterator[None]:
-    """Refuse every Hugging Face Hub request while the block runs.
-
-    diffusers' ``from_single_file`` ignores ``local_files_only=True`` when the model's
-    configs are not in the cache: it logs "Attempting to download the necessary config
-    files" and goes online. LoRA Studio never downloads models, so hub requests are
-    switched off (``huggingface_hub`` reads this flag on every request).
-    """
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
-
-
-def load_single_file(pipeline_class: Any, path: Path, label: str) -> Any:
-    """The whole pipeline from one checkpoint file, offline.
-
-    ``from_single_file`` needs the model's diffusers configs (and tokenizers); offline they
-    can only come from the Hugging Face cache, so a missing cache entry is the usual failure.
-    """
-    from diffusers.loaders.single_file_utils import SingleFileComponentError
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    try:
-        with hub_offline():
-            return pipeline_class.from_single_file(str(path), local_files_only=True)
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise ModelError(
-            f"{path.name} cannot be loaded as a single-file {label} checkpoint offline: the "
-            f"model's diffusers configs and text encoders are not in the Hugging Face cache "
-            f"(LoRA Studio does not download them). Use the model's diffusers folder instead."
-        ) from exc
-    except (*LOAD_ERRORS, SingleFileComponentError) as exc:
-        raise ModelError(
-            f"{path.name} could not be loaded as a single-file {label} checkpoint: "
-            f"{first_line(exc)}"
-        ) from exc
 
 
 def training_scheduler(scheduler: Any) -> Any:

@@ -40,7 +40,8 @@ from lora_studio.core.errors import ModelError
 from lora_studio.training.export import clip_kohya_keys, save_diffusers_lora_file
 from lora_studio.training.families import flow_common
 from lora_studio.training.families.base import Components, LossInputs
-from lora_studio.training.families.sd15 import CLIP_ATTENTION, first_line
+from lora_studio.training.families.sd15 import CLIP_ATTENTION
+from lora_studio.training.loading import LOAD_ERRORS, first_line, load_folder, load_single_file
 from lora_studio.training.objectives import flow_matching_loss
 
 if TYPE_CHECKING:
@@ -121,19 +122,27 @@ class FluxFamily:
 
     # ---- loading ---------------------------------------------------------------------
 
-    def load(self, ref: BaseModelRef, local_path: Path) -> Components:
+    def load(
+        self, ref: BaseModelRef, local_path: Path, dtype: torch.dtype | None = None
+    ) -> Components:
         try:
             if ref.kind is ModelKind.SINGLE_FILE:
                 from diffusers import FluxPipeline
 
-                pipe = flow_common.load_single_file(FluxPipeline, local_path, "Flux")
+                pipe = load_single_file(
+                    FluxPipeline,
+                    local_path,
+                    "Flux",
+                    config_repo="black-forest-labs/FLUX.1-dev",
+                    dtype=dtype,
+                )
                 parts = dict(pipe.components)
             else:
-                parts = self._load_folder(local_path)
+                parts = self._load_folder(local_path, dtype)
             noise_scheduler = flow_common.training_scheduler(parts["scheduler"])
         except ModelError:
             raise
-        except flow_common.LOAD_ERRORS as exc:
+        except LOAD_ERRORS as exc:
             raise ModelError(
                 f"The base model at {local_path} cannot be loaded: {first_line(exc)}"
             ) from exc
@@ -147,11 +156,11 @@ class FluxFamily:
         )
 
     @staticmethod
-    def _load_folder(path: Path) -> dict[str, Any]:
+    def _load_folder(path: Path, dtype: torch.dtype | None) -> dict[str, Any]:
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-        return flow_common.load_folder(
+        return load_folder(
             path,
             [
                 ("tokenizer", CLIPTokenizer),
@@ -162,6 +171,7 @@ class FluxFamily:
                 ("transformer", FluxTransformer2DModel),
                 ("scheduler", FlowMatchEulerDiscreteScheduler),
             ],
+            dtype,
         )
 
     # ---- text ------------------------------------------------------------------------

@@ -17,6 +17,13 @@ from lora_studio.training.export import (
     save_diffusers_lora_file,
 )
 from lora_studio.training.families.base import Components, LossInputs
+from lora_studio.training.loading import (
+    LOAD_ERRORS,
+    first_line,
+    load_folder,
+    load_single_file,
+    require_subfolders,
+)
 from lora_studio.training.objectives import ddpm_loss
 
 if TYPE_CHECKING:
@@ -28,18 +35,6 @@ log = logging.getLogger(__name__)
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 #: CLIP attention projections (the text-encoder LoRA of kohya's SD 1.x/SDXL files).
 CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def require_subfolders(path: Path, names: Sequence[str]) -> None:
-    """Raise :class:`ModelError` naming the first missing component folder."""
-    for sub in names:
-        if not (path / sub).is_dir():
-            raise ModelError(f"The base model folder {path} is incomplete: {sub}/ is missing.")
 
 
 def unet_predict(inputs: LossInputs, **added: Any) -> Any:
@@ -67,69 +62,63 @@ class SD15Family:
     text_encoder_prefixes: tuple[str | None, ...] = ("lora_te_",)
     has_conv_layers = True
 
-    def load(self, ref: BaseModelRef, local_path: Path) -> Components:
-        from diffusers import DDPMScheduler
+    def load(
+        self, ref: BaseModelRef, local_path: Path, dtype: torch.dtype | None = None
+    ) -> Components:
+        from diffusers import (
+            AutoencoderKL,
+            DDPMScheduler,
+            StableDiffusionPipeline,
+            UNet2DConditionModel,
+        )
+        from transformers import CLIPTextModel, CLIPTokenizer
 
         try:
             if ref.kind is ModelKind.SINGLE_FILE:
-                tokenizer, text_encoder, vae, unet, scheduler_config = self._load_single_file(
-                    local_path
+                pipe = load_single_file(
+                    StableDiffusionPipeline,
+                    local_path,
+                    "SD 1.5",
+                    config_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                    dtype=dtype,
+                    safety_checker=None,
                 )
-                noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+                parts = dict(pipe.components)
+                scheduler_config = dict(pipe.scheduler.config)
             else:
-                tokenizer, text_encoder, vae, unet = self._load_folder(local_path)
-                noise_scheduler = DDPMScheduler.from_pretrained(
-                    local_path, subfolder="scheduler", local_files_only=True
+                require_subfolders(local_path, ["scheduler"])
+                parts = load_folder(
+                    local_path,
+                    [
+                        ("tokenizer", CLIPTokenizer),
+                        ("text_encoder", CLIPTextModel),
+                        ("vae", AutoencoderKL),
+                        ("unet", UNet2DConditionModel),
+                    ],
+                    dtype,
                 )
+                scheduler_config = dict(
+                    DDPMScheduler.load_config(
+                        local_path, subfolder="scheduler", local_files_only=True
+                    )
+                )
+            noise_scheduler = DDPMScheduler.from_config(scheduler_config)
         except ModelError:
             raise
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except LOAD_ERRORS as exc:
             raise ModelError(
                 f"The base model at {local_path} cannot be loaded: {first_line(exc)}"
             ) from exc
         prediction_type = str(noise_scheduler.config.get("prediction_type", "epsilon"))
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ModelError(f"Unsupported prediction type {prediction_type!r} in {local_path}.")
-        return Components([tokenizer], [text_encoder], vae, unet, noise_scheduler, prediction_type)
-
-    @staticmethod
-    def _load_folder(path: Path) -> tuple[Any, Any, Any, Any]:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        require_subfolders(path, ("tokenizer", "text_encoder", "vae", "unet", "scheduler"))
-        tokenizer = CLIPTokenizer.from_pretrained(
-            path, subfolder="tokenizer", local_files_only=True
-        )
-        text_encoder = CLIPTextModel.from_pretrained(
-            path, subfolder="text_encoder", local_files_only=True
-        )
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
-        return tokenizer, text_encoder, vae, unet
-
-    @staticmethod
-    def _load_single_file(path: Path) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        from diffusers import StableDiffusionPipeline
-
-        # from_single_file needs the matching diffusers configs; offline they come from the
-        # HF cache (stable-diffusion-v1-5) - a clear error says so when they are missing.
-        try:
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(path), local_files_only=True, safety_checker=None
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelError(
-                f"{path.name} could not be loaded as a single-file SD checkpoint: "
-                f"{first_line(exc)} (single-file loading needs the model's diffusers "
-                f"config in the Hugging Face cache, or use a diffusers folder)."
-            ) from exc
-        return (
-            pipe.tokenizer,
-            pipe.text_encoder,
-            pipe.vae,
-            pipe.unet,
-            dict(pipe.scheduler.config),
+        return Components(
+            [parts["tokenizer"]],
+            [parts["text_encoder"]],
+            parts["vae"],
+            parts["unet"],
+            noise_scheduler,
+            prediction_type,
         )
 
     def tokenize(self, comps: Components, captions: Sequence[str]) -> list[torch.Tensor]:

@@ -28,7 +28,8 @@ from lora_studio.core.errors import ModelError
 from lora_studio.training.export import save_diffusers_lora_file
 from lora_studio.training.families import flow_common
 from lora_studio.training.families.base import Components, LossInputs
-from lora_studio.training.families.sd15 import CLIP_ATTENTION, first_line
+from lora_studio.training.families.sd15 import CLIP_ATTENTION
+from lora_studio.training.loading import LOAD_ERRORS, first_line, load_folder, load_single_file
 from lora_studio.training.objectives import flow_matching_loss
 
 if TYPE_CHECKING:
@@ -68,16 +69,18 @@ class SD3Family:
 
     # ---- loading ---------------------------------------------------------------------
 
-    def load(self, ref: BaseModelRef, local_path: Path) -> Components:
+    def load(
+        self, ref: BaseModelRef, local_path: Path, dtype: torch.dtype | None = None
+    ) -> Components:
         try:
             if ref.kind is ModelKind.SINGLE_FILE:
-                parts = self._load_single_file(local_path)
+                parts = self._load_single_file(local_path, dtype)
             else:
-                parts = self._load_folder(local_path)
+                parts = self._load_folder(local_path, dtype)
             noise_scheduler = flow_common.training_scheduler(parts["scheduler"])
         except ModelError:
             raise
-        except flow_common.LOAD_ERRORS as exc:
+        except LOAD_ERRORS as exc:
             raise ModelError(
                 f"The base model at {local_path} cannot be loaded: {first_line(exc)}"
             ) from exc
@@ -91,7 +94,7 @@ class SD3Family:
         )
 
     @staticmethod
-    def _load_folder(path: Path) -> dict[str, Any]:
+    def _load_folder(path: Path, dtype: torch.dtype | None) -> dict[str, Any]:
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
         from transformers import (
             CLIPTextModelWithProjection,
@@ -100,7 +103,7 @@ class SD3Family:
             T5Tokenizer,
         )
 
-        return flow_common.load_folder(
+        return load_folder(
             path,
             [
                 ("tokenizer", CLIPTokenizer),
@@ -113,13 +116,20 @@ class SD3Family:
                 ("transformer", SD3Transformer2DModel),
                 ("scheduler", FlowMatchEulerDiscreteScheduler),
             ],
+            dtype,
         )
 
     @staticmethod
-    def _load_single_file(path: Path) -> dict[str, Any]:
+    def _load_single_file(path: Path, dtype: torch.dtype | None) -> dict[str, Any]:
         from diffusers import StableDiffusion3Pipeline
 
-        pipe = flow_common.load_single_file(StableDiffusion3Pipeline, path, "SD 3.5")
+        pipe = load_single_file(
+            StableDiffusion3Pipeline,
+            path,
+            "SD 3.5",
+            config_repo="stabilityai/stable-diffusion-3.5-large",
+            dtype=dtype,
+        )
         parts = dict(pipe.components)
         missing = [name for name in ("text_encoder_3", "tokenizer_3") if parts.get(name) is None]
         if missing:

@@ -33,12 +33,13 @@ from lora_studio.training.export import (
     save_diffusers_lora_file,
 )
 from lora_studio.training.families.base import Components, LossInputs
-from lora_studio.training.families.sd15 import (
-    CLIP_ATTENTION,
-    UNET_ATTENTION,
+from lora_studio.training.families.sd15 import CLIP_ATTENTION, UNET_ATTENTION, unet_predict
+from lora_studio.training.loading import (
+    LOAD_ERRORS,
     first_line,
+    load_folder,
+    load_single_file,
     require_subfolders,
-    unet_predict,
 )
 from lora_studio.training.objectives import ddpm_loss
 
@@ -255,19 +256,21 @@ class SDXLFamily:
         # Set from the loaded UNet's config; SDXL's own until then (kohya_keys needs it).
         self.unet_layout: UNetLayout | None = SDXL_LAYOUT
 
-    def load(self, ref: BaseModelRef, local_path: Path) -> Components:
+    def load(
+        self, ref: BaseModelRef, local_path: Path, dtype: torch.dtype | None = None
+    ) -> Components:
         from diffusers import DDPMScheduler
 
         try:
             if ref.kind is ModelKind.SINGLE_FILE:
-                pipe = self._load_single_file(local_path)
+                pipe = self._load_single_file(local_path, dtype)
                 tokenizers = [pipe.tokenizer, pipe.tokenizer_2]
                 text_encoders = [pipe.text_encoder, pipe.text_encoder_2]
                 vae, unet = pipe.vae, pipe.unet
                 scheduler_config = dict(pipe.scheduler.config)
                 force_zeros = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
             else:
-                tokenizers, text_encoders, vae, unet = self._load_folder(local_path)
+                tokenizers, text_encoders, vae, unet = self._load_folder(local_path, dtype)
                 scheduler_config = dict(
                     DDPMScheduler.load_config(
                         local_path, subfolder="scheduler", local_files_only=True
@@ -277,7 +280,7 @@ class SDXLFamily:
             noise_scheduler = DDPMScheduler.from_config(scheduler_config)
         except ModelError:
             raise
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except LOAD_ERRORS as exc:
             raise ModelError(
                 f"The base model at {local_path} cannot be loaded: {first_line(exc)}"
             ) from exc
@@ -310,48 +313,39 @@ class SDXLFamily:
         )
 
     @staticmethod
-    def _load_folder(path: Path) -> tuple[list[Any], list[Any], Any, Any]:
+    def _load_folder(
+        path: Path, dtype: torch.dtype | None
+    ) -> tuple[list[Any], list[Any], Any, Any]:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         require_subfolders(path, _COMPONENT_FOLDERS)
-        tokenizers = [
-            CLIPTokenizer.from_pretrained(path, subfolder=sub, local_files_only=True)
-            for sub in ("tokenizer", "tokenizer_2")
-        ]
-        text_encoders = [
-            CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True),
-            CLIPTextModelWithProjection.from_pretrained(
-                path, subfolder="text_encoder_2", local_files_only=True
-            ),
-        ]
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
-        return tokenizers, text_encoders, vae, unet
+        parts = load_folder(
+            path,
+            [
+                ("tokenizer", CLIPTokenizer),
+                ("tokenizer_2", CLIPTokenizer),
+                ("text_encoder", CLIPTextModel),
+                ("text_encoder_2", CLIPTextModelWithProjection),
+                ("vae", AutoencoderKL),
+                ("unet", UNet2DConditionModel),
+            ],
+            dtype,
+        )
+        return (
+            [parts["tokenizer"], parts["tokenizer_2"]],
+            [parts["text_encoder"], parts["text_encoder_2"]],
+            parts["vae"],
+            parts["unet"],
+        )
 
     @staticmethod
-    def _load_single_file(path: Path) -> Any:
+    def _load_single_file(path: Path, dtype: torch.dtype | None) -> Any:
         from diffusers import StableDiffusionXLPipeline
-        from diffusers.loaders.single_file_utils import SingleFileComponentError
-        from huggingface_hub.errors import LocalEntryNotFoundError
 
-        # from_single_file needs SDXL's diffusers configs and tokenizer files (not weights);
-        # offline they can only come from the HF cache.
-        try:
-            return StableDiffusionXLPipeline.from_single_file(str(path), local_files_only=True)
-        except LocalEntryNotFoundError as exc:
-            raise ModelError(
-                f"{path.name} is an SDXL checkpoint, but loading a single file needs SDXL's "
-                f"configs ({SDXL_CONFIG_REPO}) in the Hugging Face cache and they are not "
-                f"there. Fetch them once (a few kB) with `huggingface-cli download "
-                f"{SDXL_CONFIG_REPO} --include '*.json' '*.txt'`, or use a diffusers folder."
-            ) from exc
-        except (OSError, ValueError, KeyError, IndexError, SingleFileComponentError) as exc:
-            raise ModelError(
-                f"{path.name} could not be loaded as a single-file SDXL checkpoint: "
-                f"{first_line(exc)} (single-file loading needs SDXL's configs in the Hugging "
-                f"Face cache - {SDXL_CONFIG_REPO} - or use a diffusers folder)."
-            ) from exc
+        return load_single_file(
+            StableDiffusionXLPipeline, path, "SDXL", config_repo=SDXL_CONFIG_REPO, dtype=dtype
+        )
 
     def tokenize(self, comps: Components, captions: Sequence[str]) -> list[torch.Tensor]:
         return [
