@@ -1,19 +1,36 @@
-"""Step counts, training-time and VRAM estimates, before anything is loaded.
+"""Step counts, and training-time and VRAM estimates, before anything is loaded.
 
-Steps are exact (they are what the trainer will run). Time and VRAM are models: per-family
-reference numbers scaled by resolution, batch size and rank. The reference numbers are for
-an RTX 4090-class 24 GB GPU training with the settings LoRA Studio uses (frozen model in
-the chosen precision, fp32 LoRA weights, AdamW, latents and text embeddings cached). They
-are meant to be right within a factor of about 1.5; the benchmarks (``make bench``)
-compare them with measured runs.
+Steps are exact: they are what the trainer will run.
+
+VRAM comes from a model of what sits on the GPU, in two phases (the trainer caches
+latents and caption embeddings first, with the VAE and text encoders on the GPU, then
+moves them off and trains the denoiser):
+
+* weights: parameter counts of each component x bytes per parameter of its precision;
+* LoRA: trainable parameters, computed from the architecture (every targeted projection
+  adds ``rank x (in + out)``), x bytes per trainable parameter (fp32 weight and gradient
+  plus the optimizer's state: AdamW 8, AdamW 8-bit 2, Prodigy 16, Adafactor ~1 bytes);
+* activations: bytes per image token per sample (calibrated per family, at 16-bit
+  precision, without gradient checkpointing) x tokens x batch, x 2 in fp32, x the
+  checkpointing factor;
+* the CUDA context and allocator slack.
+
+Time is ``load + caching + steps x seconds per step``; seconds per step scale with the
+image tokens (slightly super-linearly: attention), the batch, fp32 (x2), gradient
+checkpointing (+30%) and text-encoder training, from a per-family reference step time on
+the reference GPU (an RTX 4090-class card).
+
+The parameter counts are the published model sizes; the activation and step-time
+coefficients are calibrated and their measured error is in ``docs/estimates.md``
+(``scripts/measure_estimates.py`` reproduces the CPU measurements of the tiny model).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from lora_studio.core.config import LoraConfig, MixedPrecision, ModelFamily
+from lora_studio.core.config import LoraConfig, MixedPrecision, ModelFamily, Optimizer
 
 
 @dataclass(frozen=True)
@@ -53,30 +70,234 @@ def plan_steps(
     return StepPlan(samples, batches, steps_per_epoch, epochs, total)
 
 
+# ---- architecture: parameter counts --------------------------------------------------
+
+
 @dataclass(frozen=True)
-class _FamilyCost:
-    ref_resolution: int
-    seconds_per_step: float  # batch 1 at ref_resolution on the reference GPU
-    frozen_params_b: float  # billions of parameters kept on the GPU while training
-    text_encoder_params_b: float  # only resident during caching unless TE is trained
-    lora_params_per_rank_m: float  # millions of LoRA parameters per unit of rank
-    activations_gb: float  # batch 1 at ref_resolution
+class UNetSpec:
+    """The parts of a diffusers ``UNet2DConditionModel`` config that decide its LoRA size.
+
+    ``attention[i]`` is the number of transformer blocks per attention in down block ``i``
+    (0: a block without attention); up blocks mirror it, the mid block uses the last.
+    """
+
+    channels: tuple[int, ...]
+    attention: tuple[int, ...]
+    layers_per_block: int
+    context: int
+
+
+def unet_lora(spec: UNetSpec) -> tuple[int, int]:
+    """``(attention, conv)`` LoRA parameters per unit of rank, counted the way diffusers
+    lays the UNet out and peft adds LoRA layers.
+
+    A transformer block at width C with context width X has self-attention q, k, v, out
+    (C -> C) and cross-attention q, out (C -> C) and k, v (X -> C): ``14 C + 2 X``. A
+    k x k convolution from ``i`` to ``o`` channels gets ``i k^2 + o`` (LoCon).
+    """
+    chans, attn, n = spec.channels, spec.attention, spec.layers_per_block
+
+    def block(width: int, count: int) -> int:
+        return count * (14 * width + 2 * spec.context)
+
+    def conv(i: int, o: int, k: int = 3) -> int:
+        return i * k * k + o
+
+    attention = conv_params = 0
+    previous = chans[0]
+    for index, out in enumerate(chans):  # down blocks
+        for layer in range(n):
+            first_in = previous if layer == 0 else out
+            conv_params += conv(first_in, out) + conv(out, out)
+            if first_in != out:
+                conv_params += conv(first_in, out, 1)
+            if attn[index]:
+                attention += block(out, attn[index])
+        if index < len(chans) - 1:
+            conv_params += conv(out, out)  # downsampler
+        previous = out
+    last = chans[-1]
+    conv_params += 2 * (conv(last, last) + conv(last, last))  # mid resnets
+    attention += block(last, attn[-1] or 1)
+    up_chans, up_attn = chans[::-1], attn[::-1]
+    previous = last
+    for index, out in enumerate(up_chans):  # up blocks: n + 1 resnets, skip concatenated
+        skip_in = up_chans[min(index + 1, len(up_chans) - 1)]
+        for layer in range(n + 1):
+            skip = skip_in if layer == n else out
+            first = previous if layer == 0 else out
+            conv_params += conv(first + skip, out) + conv(out, out) + conv(first + skip, out, 1)
+            if up_attn[index]:
+                attention += block(out, up_attn[index])
+        if index < len(up_chans) - 1:
+            conv_params += conv(out, out)  # upsampler
+        previous = out
+    return attention, conv_params
+
+
+def mmdit_attention_lora(
+    width: int, joint_blocks: int, single_blocks: int = 0, *, last_context_only: bool = False
+) -> int:
+    """LoRA parameters per rank of an MMDiT's attention projections (SD 3.5, Flux).
+
+    A joint block has eight ``width -> width`` projections (q, k, v, out for the image and
+    for the text stream); a Flux single block has q, k, v. SD 3.5's last joint block
+    produces no text output (no ``to_add_out``).
+    """
+    params = joint_blocks * 16 * width + single_blocks * 6 * width
+    return params - 2 * width if last_context_only else params
+
+
+def clip_lora(width: int, layers: int) -> int:
+    """LoRA parameters per rank of a CLIP text encoder's q, k, v, out projections."""
+    return 8 * width * layers
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the estimate needs to know about one base model.
+
+    Attributes:
+        denoiser_params: UNet/transformer parameters.
+        text_encoder_params: per text encoder, in the trainer's order.
+        vae_params: autoencoder parameters.
+        lora_per_rank: trainable LoRA parameters per unit of rank (default targets).
+        text_lora_per_rank: the same for each trainable text encoder (0: never trained).
+        conv_lora_per_rank: LoCon parameters per unit of conv rank (0: no convolutions).
+        tokens_per_latent_pixel: 1 for UNets; 1/4 when 2x2 latent patches are one token.
+        text_tokens: text tokens that join the image tokens in attention (MMDiT).
+        act_bytes_per_token: activation bytes per token per sample (16-bit, no
+            checkpointing), calibrated.
+        ref_tokens: tokens of the reference step.
+        ref_seconds: seconds per step at ``ref_tokens``, batch 1, on the reference GPU.
+        load_seconds: loading the model from disk.
+        reference: what these numbers describe.
+    """
+
+    denoiser_params: float
+    text_encoder_params: tuple[float, ...]
+    vae_params: float
+    lora_per_rank: float
+    text_lora_per_rank: tuple[float, ...]
+    conv_lora_per_rank: float
+    tokens_per_latent_pixel: float
+    text_tokens: int
+    act_bytes_per_token: float
+    ref_tokens: int
+    ref_seconds: float
     load_seconds: float
+    reference: str
+    hardware: str = "an RTX 4090-class GPU"
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def tokens(self, width: int, height: int) -> float:
+        """Image tokens of a ``width x height`` training image."""
+        return (width // 8) * (height // 8) * self.tokens_per_latent_pixel
 
 
-_COSTS: dict[ModelFamily, _FamilyCost] = {
-    ModelFamily.SD15: _FamilyCost(512, 0.13, 0.95, 0.12, 0.20, 3.0, 15),
-    ModelFamily.SDXL: _FamilyCost(1024, 0.55, 2.65, 0.82, 0.72, 8.0, 40),
-    ModelFamily.SD3: _FamilyCost(1024, 1.10, 8.2, 5.5, 0.95, 6.0, 90),
-    ModelFamily.FLUX: _FamilyCost(1024, 1.60, 12.0, 4.9, 1.20, 6.0, 120),
+SD15_UNET = UNetSpec((320, 640, 1280, 1280), (1, 1, 1, 0), 2, 768)
+SDXL_UNET = UNetSpec((320, 640, 1280), (0, 2, 10), 2, 2048)
+TINY_UNET = UNetSpec((32, 32, 64, 64), (1, 1, 1, 0), 2, 32)
+_SD15_LORA, _SD15_CONV = unet_lora(SD15_UNET)
+_SDXL_LORA, _SDXL_CONV = unet_lora(SDXL_UNET)
+_TINY_LORA, _TINY_CONV = unet_lora(TINY_UNET)
+
+ARCHITECTURES: dict[ModelFamily, Architecture] = {
+    ModelFamily.SD15: Architecture(
+        denoiser_params=859_520_964,
+        text_encoder_params=(123_060_480,),
+        vae_params=83_653_863,
+        lora_per_rank=_SD15_LORA,
+        text_lora_per_rank=(clip_lora(768, 12),),
+        conv_lora_per_rank=_SD15_CONV,
+        tokens_per_latent_pixel=1.0,
+        text_tokens=0,
+        act_bytes_per_token=0.70e6,
+        ref_tokens=64 * 64,
+        ref_seconds=0.13,
+        load_seconds=15,
+        reference="Stable Diffusion 1.5 (UNet 860M, CLIP-L)",
+    ),
+    ModelFamily.SDXL: Architecture(
+        denoiser_params=2_567_463_684,
+        text_encoder_params=(123_060_480, 694_659_840),
+        vae_params=83_653_863,
+        lora_per_rank=_SDXL_LORA,
+        text_lora_per_rank=(clip_lora(768, 12), clip_lora(1280, 32)),
+        conv_lora_per_rank=_SDXL_CONV,
+        tokens_per_latent_pixel=1.0,
+        text_tokens=0,
+        act_bytes_per_token=0.55e6,
+        ref_tokens=128 * 128,
+        ref_seconds=0.55,
+        load_seconds=40,
+        reference="SDXL base 1.0 (UNet 2.6B, CLIP-L + OpenCLIP-bigG)",
+    ),
+    ModelFamily.SD3: Architecture(
+        denoiser_params=8_056_627_520,
+        text_encoder_params=(123_650_304, 694_659_840, 4_762_310_656),
+        vae_params=83_821_011,
+        lora_per_rank=mmdit_attention_lora(2432, 38, last_context_only=True),
+        text_lora_per_rank=(clip_lora(768, 12), clip_lora(1280, 32), 0),
+        conv_lora_per_rank=0,
+        tokens_per_latent_pixel=0.25,
+        text_tokens=333,
+        act_bytes_per_token=3.8e6,
+        ref_tokens=4096,
+        ref_seconds=1.10,
+        load_seconds=90,
+        reference="SD 3.5 Large (MMDiT 8B, CLIP-L + CLIP-G + T5-XXL)",
+    ),
+    ModelFamily.FLUX: Architecture(
+        denoiser_params=11_901_408_320,
+        text_encoder_params=(123_060_480, 4_762_310_656),
+        vae_params=83_821_011,
+        lora_per_rank=mmdit_attention_lora(3072, 19, 38),
+        text_lora_per_rank=(clip_lora(768, 12), 0),
+        conv_lora_per_rank=0,
+        tokens_per_latent_pixel=0.25,
+        text_tokens=512,
+        act_bytes_per_token=4.2e6,
+        ref_tokens=4096,
+        ref_seconds=1.60,
+        load_seconds=120,
+        reference="FLUX.1-dev (MMDiT 12B, CLIP-L + T5-XXL)",
+    ),
 }
 
-# The built-in tiny model (a few MB, random weights) trains on a 2-core CPU. Measured on
-# the development machine: about 0.1 s per step at 256 px and 0.5 s at 512 px, plus ~4 s
-# to import the libraries and load the model.
-_TINY = _FamilyCost(256, 0.10, 0.002, 0.0003, 0.0001, 0.05, 4)
+#: The built-in tiny SD 1.5 model (random weights) on the 2-core CPU it was measured on.
+TINY = Architecture(
+    denoiser_params=2_446_788,
+    text_encoder_params=(49_440,),
+    vae_params=1_028_935,
+    lora_per_rank=_TINY_LORA,
+    text_lora_per_rank=(clip_lora(32, 2),),
+    conv_lora_per_rank=_TINY_CONV,
+    tokens_per_latent_pixel=1.0,
+    text_tokens=0,
+    act_bytes_per_token=0.02e6,
+    ref_tokens=32 * 32,
+    ref_seconds=0.10,
+    load_seconds=4,
+    reference="builtin:tiny-sd15 on a 2-core CPU",
+    hardware="a 2-core CPU",
+)
+
 REFERENCE_HARDWARE = "an RTX 4090-class GPU"
-TINY_HARDWARE = "a 2-core CPU"
+TINY_HARDWARE = TINY.hardware
+
+_OPTIMIZER_STATE_BYTES = {
+    Optimizer.ADAMW: 8.0,
+    Optimizer.ADAMW_8BIT: 2.0,
+    Optimizer.PRODIGY: 16.0,
+    Optimizer.ADAFACTOR: 1.0,
+}
+#: fp32 LoRA weight + fp32 gradient.
+_TRAINABLE_BYTES = 8.0
+#: Activation memory kept with gradient checkpointing, relative to without.
+CHECKPOINTING_ACTIVATIONS = 0.3
+CHECKPOINTING_TIME = 1.3
+CUDA_OVERHEAD_GB = 0.8
 
 
 @dataclass(frozen=True)
@@ -87,52 +308,94 @@ class Estimate:
     seconds: float
     vram_gb: float
     hardware: str
+    #: the VRAM terms of the peak phase, in GB (weights, lora, activations, overhead).
+    vram_parts: dict[str, float] = field(default_factory=dict)
+    trainable_params: int = 0
 
     @property
     def minutes(self) -> float:
         return self.seconds / 60.0
 
 
-def _cost(family: ModelFamily, tiny: bool) -> _FamilyCost:
-    return _TINY if tiny else _COSTS[family]
+def architecture_for(family: ModelFamily, *, tiny: bool = False) -> Architecture:
+    return TINY if tiny else ARCHITECTURES[family]
+
+
+def _weight_bytes(config: LoraConfig) -> int:
+    return 4 if config.mixed_precision is MixedPrecision.NO else 2
+
+
+def trainable_parameters(config: LoraConfig, arch: Architecture) -> int:
+    """LoRA parameters the run trains (DoRA adds a magnitude per output: ~1%)."""
+    params = config.rank * arch.lora_per_rank
+    if config.conv_rank and arch.conv_lora_per_rank:
+        params += config.conv_rank * arch.conv_lora_per_rank
+    if config.train_text_encoder:
+        params += config.rank * sum(arch.text_lora_per_rank)
+    if config.use_dora:
+        params *= 1.01
+    return int(params)
+
+
+def vram_parts(config: LoraConfig, arch: Architecture) -> dict[str, float]:
+    """The GB terms of the peak phase (caching or training, whichever is larger)."""
+    weight = _weight_bytes(config)
+    gb = 1e9
+    vae_bytes = 4 if config.mixed_precision is not MixedPrecision.BF16 else 2
+    caching = (arch.vae_params * vae_bytes + sum(arch.text_encoder_params) * weight) / gb
+    resident = arch.denoiser_params
+    if not config.uses_text_cache:  # captions encoded every step: encoders stay
+        resident += sum(arch.text_encoder_params)
+    lora_params = trainable_parameters(config, arch)
+    per_param = _TRAINABLE_BYTES + _OPTIMIZER_STATE_BYTES[config.optimizer]
+    tokens = arch.tokens(config.resolution, config.resolution) + arch.text_tokens
+    act_scale = 2.0 if config.mixed_precision is MixedPrecision.NO else 1.0
+    if config.gradient_checkpointing:
+        act_scale *= CHECKPOINTING_ACTIVATIONS
+    activations = arch.act_bytes_per_token * tokens * config.batch_size * act_scale / gb
+    overhead = 0.05 if arch is TINY else CUDA_OVERHEAD_GB
+    training = {
+        "weights": resident * weight / gb,
+        "lora": lora_params * per_param / gb,
+        "activations": activations,
+        "overhead": overhead,
+    }
+    if caching + overhead > sum(training.values()):
+        return {"weights": caching, "lora": 0.0, "activations": 0.0, "overhead": overhead}
+    return training
+
+
+def estimate_vram_gb(config: LoraConfig, family: ModelFamily, *, tiny: bool = False) -> float:
+    """Peak GPU memory in GB (see the module docstring for the model)."""
+    return sum(vram_parts(config, architecture_for(family, tiny=tiny)).values())
+
+
+def seconds_per_step(config: LoraConfig, arch: Architecture) -> float:
+    """Seconds per optimizer step on the architecture's reference hardware."""
+    tokens = arch.tokens(config.resolution, config.resolution) + arch.text_tokens
+    ref = arch.ref_tokens + arch.text_tokens
+    # Attention makes cost grow a little faster than the token count.
+    per_sample = arch.ref_seconds * (tokens / ref) ** 1.15
+    # Larger batches use the hardware better: each extra image costs ~85% of the first.
+    per_batch = per_sample * (1 + 0.85 * (config.batch_size - 1))
+    step = per_batch * config.gradient_accumulation_steps
+    if config.mixed_precision is MixedPrecision.NO and arch is not TINY:
+        step *= 2.0
+    if config.gradient_checkpointing:
+        step *= CHECKPOINTING_TIME
+    if config.train_text_encoder or not config.uses_text_cache:
+        step *= 1.15
+    return step
 
 
 def estimate_seconds(
     config: LoraConfig, plan: StepPlan, family: ModelFamily, *, tiny: bool = False
 ) -> float:
-    """Wall-clock seconds for the whole run, model loading and caching included."""
-    cost = _cost(family, tiny)
-    scale = (config.resolution / cost.ref_resolution) ** 2
-    # Larger batches use the GPU better: each extra image costs ~85% of the first.
-    batch_factor = 1 + 0.85 * (config.batch_size - 1)
-    per_step = cost.seconds_per_step * scale * batch_factor * config.gradient_accumulation_steps
-    if config.train_text_encoder:
-        per_step *= 1.15
-    if config.mixed_precision is MixedPrecision.NO and not tiny:
-        per_step *= 2.0
-    caching = plan.samples_per_epoch * 0.04 * scale
-    return cost.load_seconds + caching + per_step * plan.total_steps
-
-
-def estimate_vram_gb(config: LoraConfig, family: ModelFamily, *, tiny: bool = False) -> float:
-    """Peak GPU memory in GB for one training step."""
-    cost = _cost(family, tiny)
-    bytes_per_param = 4 if config.mixed_precision is MixedPrecision.NO else 2
-    resident = cost.frozen_params_b
-    if config.train_text_encoder:
-        resident += cost.text_encoder_params_b
-    weights = resident * bytes_per_param
-    # fp32 weight + fp32 grad + two AdamW moments = 16 bytes per trained parameter.
-    lora_params = cost.lora_params_per_rank_m * 1e6 * config.rank
-    if config.train_text_encoder:
-        lora_params *= 1.3
-    lora = lora_params * 16 / 1e9
-    scale = (config.resolution / cost.ref_resolution) ** 2
-    activations = cost.activations_gb * scale * config.batch_size
-    if config.mixed_precision is MixedPrecision.NO:
-        activations *= 2
-    runtime_overhead = 0.05 if tiny else 0.8
-    return weights + lora + activations + runtime_overhead
+    """Wall-clock seconds for the whole run: loading, caching and the steps."""
+    arch = architecture_for(family, tiny=tiny)
+    tokens_ratio = arch.tokens(config.resolution, config.resolution) / arch.ref_tokens
+    caching = plan.samples_per_epoch * 0.04 * tokens_ratio
+    return arch.load_seconds + caching + seconds_per_step(config, arch) * plan.total_steps
 
 
 def estimate(
@@ -144,12 +407,16 @@ def estimate(
 ) -> Estimate:
     """Steps, time and VRAM for training ``config`` on ``samples_per_epoch`` samples."""
     fam = family or config.family
+    arch = architecture_for(fam, tiny=tiny)
     plan = plan_steps(samples_per_epoch, config)
+    parts = vram_parts(config, arch)
     return Estimate(
         plan=plan,
         seconds=estimate_seconds(config, plan, fam, tiny=tiny),
-        vram_gb=estimate_vram_gb(config, fam, tiny=tiny),
-        hardware=TINY_HARDWARE if tiny else REFERENCE_HARDWARE,
+        vram_gb=sum(parts.values()),
+        hardware=arch.hardware,
+        vram_parts=parts,
+        trainable_params=trainable_parameters(config, arch),
     )
 
 
