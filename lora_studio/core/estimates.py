@@ -15,10 +15,11 @@ moves them off and trains the denoiser):
   checkpointing factor;
 * the CUDA context and allocator slack.
 
-Time is ``load + caching + steps x seconds per step``; seconds per step scale with the
-image tokens (slightly super-linearly: attention), the batch, fp32 (x2), gradient
-checkpointing (+30%) and text-encoder training, from a per-family reference step time on
-the reference GPU (an RTX 4090-class card).
+Time is ``load + caching + steps x seconds per step``. A step is a fixed overhead plus
+compute that grows linearly with the image tokens, except attention's share, which grows
+with their square; then scaled by the batch, fp32 (x2), gradient checkpointing (a second
+forward pass) and per-step caption encoding, from a per-family reference step time on the
+reference GPU (an RTX 4090-class card).
 
 The parameter counts are the published model sizes; the activation and step-time
 coefficients are calibrated and their measured error is in ``docs/estimates.md``
@@ -169,7 +170,12 @@ class Architecture:
         act_bytes_per_token: activation bytes per token per sample (16-bit, no
             checkpointing), calibrated.
         ref_tokens: tokens of the reference step.
-        ref_seconds: seconds per step at ``ref_tokens``, batch 1, on the reference GPU.
+        ref_seconds: seconds per step at ``ref_tokens``, batch 1, on the reference hardware.
+        step_overhead: the part of a step that does not grow with the image (optimizer,
+            Python, launches).
+        attention_share: the share of the rest spent in attention at ``ref_tokens``; it
+            grows with the square of the token count, everything else linearly.
+        checkpointing_time: step-time factor of gradient checkpointing (a second forward).
         load_seconds: loading the model from disk.
         reference: what these numbers describe.
     """
@@ -187,6 +193,9 @@ class Architecture:
     ref_seconds: float
     load_seconds: float
     reference: str
+    step_overhead: float = 0.02
+    attention_share: float = 0.25
+    checkpointing_time: float = 1.3
     hardware: str = "an RTX 4090-class GPU"
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -217,6 +226,7 @@ ARCHITECTURES: dict[ModelFamily, Architecture] = {
         ref_seconds=0.13,
         load_seconds=15,
         reference="Stable Diffusion 1.5 (UNet 860M, CLIP-L)",
+        attention_share=0.35,
     ),
     ModelFamily.SDXL: Architecture(
         denoiser_params=2_567_463_684,
@@ -232,6 +242,7 @@ ARCHITECTURES: dict[ModelFamily, Architecture] = {
         ref_seconds=0.55,
         load_seconds=40,
         reference="SDXL base 1.0 (UNet 2.6B, CLIP-L + OpenCLIP-bigG)",
+        attention_share=0.25,
     ),
     ModelFamily.SD3: Architecture(
         denoiser_params=8_056_627_520,
@@ -247,6 +258,7 @@ ARCHITECTURES: dict[ModelFamily, Architecture] = {
         ref_seconds=1.10,
         load_seconds=90,
         reference="SD 3.5 Large (MMDiT 8B, CLIP-L + CLIP-G + T5-XXL)",
+        attention_share=0.2,
     ),
     ModelFamily.FLUX: Architecture(
         denoiser_params=11_901_408_320,
@@ -262,6 +274,7 @@ ARCHITECTURES: dict[ModelFamily, Architecture] = {
         ref_seconds=1.60,
         load_seconds=120,
         reference="FLUX.1-dev (MMDiT 12B, CLIP-L + T5-XXL)",
+        attention_share=0.2,
     ),
 }
 
@@ -277,10 +290,13 @@ TINY = Architecture(
     text_tokens=0,
     act_bytes_per_token=0.02e6,
     ref_tokens=32 * 32,
-    ref_seconds=0.10,
+    ref_seconds=0.076,
     load_seconds=4,
     reference="builtin:tiny-sd15 on a 2-core CPU",
     hardware="a 2-core CPU",
+    step_overhead=0.025,
+    attention_share=0.3,
+    checkpointing_time=1.9,
 )
 
 REFERENCE_HARDWARE = "an RTX 4090-class GPU"
@@ -296,7 +312,6 @@ _OPTIMIZER_STATE_BYTES = {
 _TRAINABLE_BYTES = 8.0
 #: Activation memory kept with gradient checkpointing, relative to without.
 CHECKPOINTING_ACTIVATIONS = 0.3
-CHECKPOINTING_TIME = 1.3
 CUDA_OVERHEAD_GB = 0.8
 
 
@@ -371,21 +386,25 @@ def estimate_vram_gb(config: LoraConfig, family: ModelFamily, *, tiny: bool = Fa
 
 
 def seconds_per_step(config: LoraConfig, arch: Architecture) -> float:
-    """Seconds per optimizer step on the architecture's reference hardware."""
+    """Seconds per optimizer step on the architecture's reference hardware.
+
+    ``overhead + batch x compute(tokens)``, where compute grows linearly with the tokens
+    except attention's share, which grows with their square.
+    """
     tokens = arch.tokens(config.resolution, config.resolution) + arch.text_tokens
-    ref = arch.ref_tokens + arch.text_tokens
-    # Attention makes cost grow a little faster than the token count.
-    per_sample = arch.ref_seconds * (tokens / ref) ** 1.15
+    ratio = tokens / (arch.ref_tokens + arch.text_tokens)
+    compute = (arch.ref_seconds - arch.step_overhead) * (
+        (1 - arch.attention_share) * ratio + arch.attention_share * ratio**2
+    )
     # Larger batches use the hardware better: each extra image costs ~85% of the first.
-    per_batch = per_sample * (1 + 0.85 * (config.batch_size - 1))
-    step = per_batch * config.gradient_accumulation_steps
+    compute *= 1 + 0.85 * (config.batch_size - 1)
     if config.mixed_precision is MixedPrecision.NO and arch is not TINY:
-        step *= 2.0
+        compute *= 2.0
     if config.gradient_checkpointing:
-        step *= CHECKPOINTING_TIME
+        compute *= arch.checkpointing_time
     if config.train_text_encoder or not config.uses_text_cache:
-        step *= 1.15
-    return step
+        compute *= 1.12
+    return (arch.step_overhead + compute) * config.gradient_accumulation_steps
 
 
 def estimate_seconds(
