@@ -656,8 +656,13 @@ class Trainer:
             run.text_encoders[i] = prepared[slot]
         run.optimizer = prepared[-1]
         if config.torch_compile:
-            self._log("Compiling the denoiser with torch.compile (the first step is slow)")
-            run.denoiser = torch.compile(run.denoiser)
+            # LORA_STUDIO_COMPILE_BACKEND picks another torch.compile backend (e.g. "eager"
+            # or "aot_eager" to debug a graph break without inductor's code generation).
+            backend = os.environ.get("LORA_STUDIO_COMPILE_BACKEND", "inductor")
+            self._log(
+                f"Compiling the denoiser with torch.compile ({backend}; the first step is slow)"
+            )
+            run.denoiser = torch.compile(run.denoiser, backend=backend)
 
     def _fingerprint(self, run: _Run) -> dict[str, Any]:
         config = self.config

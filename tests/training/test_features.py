@@ -389,3 +389,19 @@ def test_models_load_straight_into_the_training_precision(builtin):
     assert next(comps.denoiser.parameters()).dtype == torch.bfloat16
     assert all(next(e.parameters()).dtype == torch.bfloat16 for e in comps.text_encoders)
     assert next(comps.vae.parameters()).dtype == torch.float32  # SD VAEs overflow in fp16
+
+
+def test_torch_compile_trains_the_same_lora(small_dataset, tmp_path, monkeypatch):
+    # Dynamo traces the real model; the "eager" backend skips inductor's C++ code
+    # generation, which takes minutes on a 2-core CPU (the app's default is inductor).
+    monkeypatch.setenv("LORA_STUDIO_COMPILE_BACKEND", "eager")
+    recorder = Recorder()
+    compiled = Trainer(
+        _request(small_dataset, tmp_path / "c", max_steps=2, torch_compile=True), recorder
+    ).train()
+    assert any("torch.compile (eager" in line for line in recorder.lines)
+    plain = Trainer(_request(small_dataset, tmp_path / "p", max_steps=2)).train()
+    a, b = _tensors(compiled.output_path), _tensors(plain.output_path)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
