@@ -14,7 +14,7 @@ import hashlib
 import json
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,6 +145,27 @@ def save_diffusers_lora_file(
     folder.mkdir(parents=True, exist_ok=True)
     pipeline_class.save_lora_weights(folder, safe_serialization=True, **kwargs)
     return folder / "pytorch_lora_weights.safetensors"
+
+
+def save_family_diffusers_lora(
+    pipeline_class: Any,
+    folder: Path,
+    component_names: tuple[str, ...],
+    denoiser_lora: Mapping[str, Any],
+    text_encoder_loras: Sequence[Mapping[str, Any] | None],
+    adapter_metadata: Mapping[str, Mapping[str, Any] | None] | None = None,
+) -> Path:
+    """:func:`save_diffusers_lora_file` for a family whose pipeline calls its denoiser
+    ``component_names[0]`` (``unet``/``transformer``) and its text encoders the rest, in
+    the trainer's order; ``adapter_metadata`` is keyed ``denoiser``, ``text_encoder_0``..."""
+    meta = adapter_metadata or {}
+    denoiser, *encoders = component_names
+    layers: dict[str, Mapping[str, Any] | None] = {denoiser: denoiser_lora}
+    metadata: dict[str, Mapping[str, Any] | None] = {denoiser: meta.get("denoiser")}
+    for index, name in enumerate(encoders):
+        layers[name] = text_encoder_loras[index] if index < len(text_encoder_loras) else None
+        metadata[name] = meta.get(f"text_encoder_{index}")
+    return save_diffusers_lora_file(pipeline_class, folder, layers, metadata)
 
 
 def _split_peft_key(key: str) -> tuple[str, str]:

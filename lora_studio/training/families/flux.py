@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from lora_studio.core.base_model import BaseModelRef, ModelKind
 from lora_studio.core.config import LoraConfig, ModelFamily
 from lora_studio.core.errors import ModelError
-from lora_studio.training.export import clip_kohya_keys, save_diffusers_lora_file
+from lora_studio.training.export import clip_kohya_keys, save_family_diffusers_lora
 from lora_studio.training.families import flow_common
 from lora_studio.training.families.base import Components, LossInputs
 from lora_studio.training.families.sd15 import CLIP_ATTENTION
@@ -284,13 +284,13 @@ class FluxFamily:
     ) -> Path:
         from diffusers import FluxPipeline
 
-        meta = adapter_metadata or {}
-        loras = list(text_encoder_loras) + [None]
-        return save_diffusers_lora_file(
+        return save_family_diffusers_lora(
             FluxPipeline,
             folder,
-            {"transformer": denoiser_lora, "text_encoder": loras[0]},
-            {"transformer": meta.get("denoiser"), "text_encoder": meta.get("text_encoder_0")},
+            ("transformer", "text_encoder"),
+            denoiser_lora,
+            text_encoder_loras,
+            adapter_metadata,
         )
 
     # ---- tiny model ------------------------------------------------------------------

@@ -14,7 +14,7 @@ from lora_studio.core.errors import ModelError
 from lora_studio.training.export import (
     clip_kohya_keys,
     kohya_lora_keys,
-    save_diffusers_lora_file,
+    save_family_diffusers_lora,
 )
 from lora_studio.training.families.base import Components, LossInputs
 from lora_studio.training.loading import (
@@ -192,19 +192,16 @@ class SD15Family:
     ) -> Path:
         from diffusers import StableDiffusionPipeline
 
-        meta = adapter_metadata or {}
-        return save_diffusers_lora_file(
+        return save_family_diffusers_lora(
             StableDiffusionPipeline,
             folder,
-            {"unet": denoiser_lora, "text_encoder": _nth(text_encoder_loras, 0)},
-            {"unet": meta.get("denoiser"), "text_encoder": meta.get("text_encoder_0")},
+            ("unet", "text_encoder"),
+            denoiser_lora,
+            text_encoder_loras,
+            adapter_metadata,
         )
 
     def make_tiny(self, folder: Path, seed: int = 0) -> Path:
         from lora_studio.training.tiny import make_tiny_sd15
 
         return make_tiny_sd15(folder, seed)
-
-
-def _nth(items: Sequence[Any], index: int) -> Any:
-    return items[index] if index < len(items) else None

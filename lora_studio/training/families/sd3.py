@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from lora_studio.core.base_model import BaseModelRef, ModelKind
 from lora_studio.core.config import LoraConfig, ModelFamily
 from lora_studio.core.errors import ModelError
-from lora_studio.training.export import save_diffusers_lora_file
+from lora_studio.training.export import save_family_diffusers_lora
 from lora_studio.training.families import flow_common
 from lora_studio.training.families.base import Components, LossInputs
 from lora_studio.training.families.sd15 import CLIP_ATTENTION
@@ -249,17 +249,13 @@ class SD3Family:
     ) -> Path:
         from diffusers import StableDiffusion3Pipeline
 
-        meta = adapter_metadata or {}
-        loras = list(text_encoder_loras) + [None, None]
-        return save_diffusers_lora_file(
+        return save_family_diffusers_lora(
             StableDiffusion3Pipeline,
             folder,
-            {"transformer": denoiser_lora, "text_encoder": loras[0], "text_encoder_2": loras[1]},
-            {
-                "transformer": meta.get("denoiser"),
-                "text_encoder": meta.get("text_encoder_0"),
-                "text_encoder_2": meta.get("text_encoder_1"),
-            },
+            ("transformer", "text_encoder", "text_encoder_2"),
+            denoiser_lora,
+            text_encoder_loras,
+            adapter_metadata,
         )
 
     # ---- tiny model ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from lora_studio.core.errors import ModelError
 from lora_studio.training.export import (
     clip_kohya_keys,
     kohya_lora_keys,
-    save_diffusers_lora_file,
+    save_family_diffusers_lora,
 )
 from lora_studio.training.families.base import Components, LossInputs
 from lora_studio.training.families.sd15 import CLIP_ATTENTION, UNET_ATTENTION, unet_predict
@@ -443,17 +443,13 @@ class SDXLFamily:
     ) -> Path:
         from diffusers import StableDiffusionXLPipeline
 
-        meta = adapter_metadata or {}
-        loras = list(text_encoder_loras) + [None, None]
-        return save_diffusers_lora_file(
+        return save_family_diffusers_lora(
             StableDiffusionXLPipeline,
             folder,
-            {"unet": denoiser_lora, "text_encoder": loras[0], "text_encoder_2": loras[1]},
-            {
-                "unet": meta.get("denoiser"),
-                "text_encoder": meta.get("text_encoder_0"),
-                "text_encoder_2": meta.get("text_encoder_1"),
-            },
+            ("unet", "text_encoder", "text_encoder_2"),
+            denoiser_lora,
+            text_encoder_loras,
+            adapter_metadata,
         )
 
     def make_tiny(self, folder: Path, seed: int = 0) -> Path:
