@@ -9,7 +9,9 @@ selects an image and saves the window as a PNG. Nothing in the user's folders is
 already built tiny model).
 
 ``--state running`` grabs the window mid-run instead, ``--state start`` right after the
-dataset opened (useful when working on the layout).
+dataset opened (useful when working on the layout). ``--samples`` gives the run two sample
+prompts (the job monitor then shows their thumbnails); ``--advanced network,samples``
+opens the advanced settings with those sections and scrolls the form down to them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", choices=["finished", "running", "start"], default="finished")
     parser.add_argument("--select", type=int, default=2, help="row of the image to select")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait in all")
+    parser.add_argument("--samples", action="store_true", help="draw sample images in the run")
+    parser.add_argument(
+        "--advanced", default="", help="open the advanced settings: comma-separated sections"
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -65,9 +71,18 @@ def _shoot(args: argparse.Namespace, work: Path) -> int:
 
     dataset = work / "sample_dataset"
     shutil.copytree(sample_dataset_dir(), dataset)
-    controller = StudioController(config=demo_config(), output_dir=default_output_dir(), loop=loop)
+    config = demo_config()
+    if args.samples:
+        config = config.replace(
+            sample_prompts="[trigger], a fox in the snow\n[trigger], a lighthouse at night",
+            sample_every_n_steps=20,
+            sample_inference_steps=4,
+        )
+    controller = StudioController(config=config, output_dir=default_output_dir(), loop=loop)
     window = MainWindow(controller, open_settings(work / "settings.ini"), confirm_close=False)
     window.resize(args.width, args.height)
+    if args.advanced:
+        window.preset_form.advanced.set_expanded_sections(["advanced", *args.advanced.split(",")])
     window.show()
 
     async def scenario() -> float:
@@ -98,11 +113,20 @@ def _shoot(args: argparse.Namespace, work: Path) -> int:
         window.select_image(args.select)
         window.caption_grid.table.setFocus()
         await wait_until(lambda: _thumbnails_shown(window), 60, what="the thumbnails")
+        gallery = window.job_monitor.samples
+        await wait_until(
+            lambda: all(gallery.has_thumbnail(p) for p in gallery.paths()), 60, what="samples"
+        )
+
         await asyncio.sleep(0.3)  # let the views repaint once before grabbing
         return time.monotonic() - started
 
     try:
         loop.run_until_complete(asyncio.wait_for(scenario(), args.timeout))
+        if args.advanced:
+            form = window.preset_form
+            form.scroll.verticalScrollBar().setValue(form.advanced.y() - 8)
+            loop.run_until_complete(asyncio.sleep(0.2))  # repaint after scrolling
         args.output.parent.mkdir(parents=True, exist_ok=True)
         if not window.grab().save(str(args.output)):
             print(f"screenshot: could not write {args.output}", file=sys.stderr)

@@ -155,6 +155,16 @@ class LaunchBackend:
         if run.process is not None and run.process.returncode is None:
             await asyncio.to_thread(_interrupt_workers, run.process.pid)
 
+    def running_jobs(self) -> list[Job]:
+        return [r.job for r in self._runs.values() if not r.finished.is_set()]
+
+    def interrupt(self, job: Job) -> None:
+        """:meth:`cancel` without the event loop (for a host that is shutting down): the
+        processes stop after the current step and save, on their own."""
+        run = self._run(job)
+        if run.process is not None and run.process.returncode is None:
+            _interrupt_workers(run.process.pid)
+
     async def download_weights(self, job: Job, dest: Path | None = None) -> Path:
         run = self._run(job)
         if not run.finished.is_set():
@@ -259,12 +269,22 @@ def _cmdline(process: object) -> list[str]:
         return []
 
 
-def _gpu_count_status(wanted: int) -> BackendStatus:
+def cuda_device_count() -> int:
+    """How many CUDA GPUs this machine has (0 without CUDA or without torch). Imports torch:
+    call it off the GUI thread."""
     try:
         import torch
     except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _gpu_count_status(wanted: int) -> BackendStatus:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
         return BackendStatus(False, "PyTorch is not installed.")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = cuda_device_count()
     if count >= wanted:
         return BackendStatus(True, f"{count} CUDA GPUs; using {wanted}", "cuda")
     if count == 0:

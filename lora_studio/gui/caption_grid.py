@@ -3,8 +3,10 @@
 A ``QTableView`` over a filter proxy of :class:`~lora_studio.gui.dataset_model.DatasetModel`
 (All / Uncaptioned). Captions are edited with :class:`CaptionDelegate`'s multi-line
 editor: Enter commits, Shift+Enter starts a new line, Esc cancels. Missing captions show
-a grey "(no caption)" placeholder; the status column says "Saving…", "Saved ✓" or
-"⚠ Not saved" (with the reason as tooltip), and the line under the grid sums it up.
+a grey "(no caption)" placeholder; under each file name, :class:`ImageDelegate` writes the
+size the image trains at (its aspect-ratio bucket; the header's tooltip counts them); the
+status column says "Saving…", "Saved ✓" or "⚠ Not saved" (with the reason as tooltip),
+and the line under the grid sums it up.
 """
 
 from __future__ import annotations
@@ -15,19 +17,22 @@ from PySide6.QtCore import (
     QModelIndex,
     QObject,
     QPersistentModelIndex,
+    QRect,
     QSize,
     QSortFilterProxyModel,
     Qt,
 )
-from PySide6.QtGui import QKeyEvent, QPalette
+from PySide6.QtGui import QFont, QFontMetrics, QKeyEvent, QPainter, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemDelegate,
     QAbstractItemView,
+    QApplication,
     QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPlainTextEdit,
+    QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
     QTableView,
@@ -42,6 +47,8 @@ Index = QModelIndex | QPersistentModelIndex
 PLACEHOLDER = "(no caption)"
 ROW_HEIGHT = 60
 THUMB = 48
+IMAGE_WIDTH, IMAGE_MIN = 178, 158
+STATUS_WIDTH, STATUS_MIN = 92, 58
 
 
 class CaptionFilter(QSortFilterProxyModel):
@@ -144,6 +151,54 @@ class CaptionDelegate(QStyledItemDelegate):
             option.palette.setColor(QPalette.ColorRole.HighlightedText, artwork.MUTED.lighter(150))
 
 
+class ImageDelegate(QStyledItemDelegate):
+    """The image cell: thumbnail, file name, and under it, muted, the image's bucket."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        bucket = index.data(Role.BUCKET)
+        if not bucket:
+            super().paint(painter, option, index)
+            return
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        name = opt.text
+        opt.text = ""
+        widget = opt.widget
+        style = widget.style() if widget is not None else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, widget)
+        opt.text = name
+        rect = style.subElementRect(QStyle.SubElement.SE_ItemViewItemText, opt, widget)
+        rect = rect.adjusted(3, 0, -3, 0)
+        selected = bool(opt.state & QStyle.StateFlag.State_Selected)
+        group = opt.palette.currentColorGroup()
+        text_color = opt.palette.color(
+            group,
+            QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text,
+        )
+        small = QFont(opt.font)
+        small.setPointSizeF(opt.font.pointSizeF() * 0.9)
+        line = QFontMetrics(opt.font).height()
+        small_line = QFontMetrics(small).height()
+        top = rect.top() + (rect.height() - line - small_line) // 2
+        painter.save()
+        painter.setFont(opt.font)
+        painter.setPen(text_color)
+        metrics = QFontMetrics(opt.font)
+        painter.drawText(
+            QRect(rect.left(), top, rect.width(), line),
+            int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+            metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, rect.width()),
+        )
+        painter.setFont(small)
+        painter.setPen(text_color if selected else artwork.MUTED)
+        painter.drawText(
+            QRect(rect.left(), top + line, rect.width(), small_line),
+            int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+            str(bucket),
+        )
+        painter.restore()
+
+
 class CaptionGrid(QWidget):
     """The caption panel: filter, table, save state."""
 
@@ -170,6 +225,8 @@ class CaptionGrid(QWidget):
         self.table.setModel(self.proxy)
         self.delegate = CaptionDelegate(self.table)
         self.table.setItemDelegateForColumn(Column.CAPTION, self.delegate)
+        self.image_delegate = ImageDelegate(self.table)
+        self.table.setItemDelegateForColumn(Column.IMAGE, self.image_delegate)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(
@@ -190,9 +247,12 @@ class CaptionGrid(QWidget):
         head.setSectionResizeMode(Column.IMAGE, QHeaderView.ResizeMode.Interactive)
         head.setSectionResizeMode(Column.CAPTION, QHeaderView.ResizeMode.Stretch)
         head.setSectionResizeMode(Column.STATUS, QHeaderView.ResizeMode.Interactive)
-        head.resizeSection(Column.IMAGE, 178)
-        head.resizeSection(Column.STATUS, 92)
+        self._fit_columns = True  # until the user drags a column border
+        self._fitting = False
+        self._fit_widths()
+        head.sectionResized.connect(self._on_section_resized)
         head.setHighlightSections(False)
+        self.table.viewport().installEventFilter(self)
 
         self.state_label = QLabel()
         self.state_label.setWordWrap(True)
@@ -212,6 +272,29 @@ class CaptionGrid(QWidget):
         model.dataChanged.connect(self._update_state)
         model.modelReset.connect(self._update_state)
         self._update_state()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.Resize and watched is self.table.viewport():
+            self._fit_widths()
+        return super().eventFilter(watched, event)
+
+    def _fit_widths(self) -> None:
+        """Image and status columns as wide as a roomy grid allows, narrower in a narrow
+        one: the caption keeps at least about half the width."""
+        if not self._fit_columns:
+            return
+        width = self.table.viewport().width()
+        self._fitting = True
+        try:
+            head = self.table.horizontalHeader()
+            head.resizeSection(Column.IMAGE, max(IMAGE_MIN, min(IMAGE_WIDTH, width * 36 // 100)))
+            head.resizeSection(Column.STATUS, max(STATUS_MIN, min(STATUS_WIDTH, width * 17 // 100)))
+        finally:
+            self._fitting = False
+
+    def _on_section_resized(self, section: int, old: int, new: int) -> None:
+        if not self._fitting and section in (Column.IMAGE, Column.STATUS):
+            self._fit_columns = False  # the user chose a width: keep it
 
     def proxy_index(self, source: QModelIndex) -> QModelIndex:
         return self.proxy.mapFromSource(source)

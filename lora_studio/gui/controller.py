@@ -9,7 +9,12 @@ the Qt event loop, so ``await`` never blocks the window:
 * file work (opening a folder, saving a caption, checking images, the job history) goes
   to worker threads with ``asyncio.to_thread``;
 * training is ``await creator.train()`` and then an asyncio task that consumes
-  ``creator.watch(job_id)`` and re-emits each :class:`Progress` as a Qt signal.
+  ``creator.watch(job_id)`` and re-emits each :class:`Progress` as a Qt signal. One GPU
+  (or the CPU) trains in this process; more than one runs an ``accelerate launch`` child
+  process (:class:`~lora_studio.backends.launch.LaunchBackend`). A local run can be paused;
+  a run that left a checkpoint can be resumed (``start_training(resume_from=...)``);
+* looking for GPUs (importing torch) and placing the images in buckets also run on
+  worker threads.
 
 Panels only call the methods below and listen to the signals; they never touch files.
 Every :class:`~lora_studio.core.errors.LoraStudioError` becomes a one-line
@@ -37,7 +42,8 @@ from typing import Any, TypeVar
 
 from PySide6.QtCore import QObject, Signal
 
-from lora_studio.backends.base import BackendConfig
+from lora_studio.backends.base import BackendConfig, TrainingBackend
+from lora_studio.backends.launch import LaunchBackend, cuda_device_count
 from lora_studio.backends.local import LocalBackend
 from lora_studio.core import paths
 from lora_studio.core.base_model import (
@@ -63,8 +69,10 @@ from lora_studio.core.errors import (
 from lora_studio.core.estimates import Estimate
 from lora_studio.core.jobs import BackendType, Job, JobStatus, JobStore, Progress
 from lora_studio.creator import LoraCreator
+from lora_studio.gui.bucket_preview import bucket_settings, place_images
 from lora_studio.gui.logs import log_file
 from lora_studio.gui.trainer_thread import QtWorkerStarter
+from lora_studio.training.checkpoints import checkpoints_root, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,39 @@ DEMO_NAME = "papercut_demo"
 DEMO_TRIGGER_WORD = "papercut style"
 DEMO_RESOLUTION = 256
 SAMPLE_COPY_NAME = "sample_dataset"
+#: Set to N > 1 to offer N CPU processes (accelerate launch) on a machine without CUDA:
+#: the multi-GPU code path, for trying it out; it is not faster.
+CPU_PROCESSES_ENV = "LORA_STUDIO_CPU_PROCESSES"
+
+
+def cpu_processes_offered() -> int:
+    """How many CPU training processes to offer without CUDA (1 unless opted in)."""
+    try:
+        wanted = int(os.environ.get(CPU_PROCESSES_ENV, "1"))
+    except ValueError:
+        return 1
+    return max(1, min(wanted, os.cpu_count() or 1, 8))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint a run can continue from."""
+
+    path: Path
+    step: int
+    status: JobStatus  # how the run that wrote it ended
+
+
+def find_resume_point(output_dir: Path, name: str, status: JobStatus) -> ResumePoint | None:
+    """The newest checkpoint of run ``name`` in ``output_dir`` (reads the disk)."""
+    folder = latest_checkpoint(checkpoints_root(output_dir, name))
+    if folder is None:
+        return None
+    try:
+        step = int(folder.name.rsplit("-", 1)[-1])
+    except ValueError:
+        step = 0
+    return ResumePoint(folder, step, status)
 
 
 def demo_config() -> LoraConfig:
@@ -201,6 +242,11 @@ class StudioController(QObject):
         job_started(Job), job_progress(Progress), job_finished(Progress): the run; a run
             that cannot start (bad output folder, missing model...) ends at once with a
             FAILED job_finished whose ``error`` says why.
+        resume_available(ResumePoint | None): the last run left a checkpoint to resume
+            from (``None``: nothing to resume, e.g. a new run started).
+        devices_detected(int, int): CUDA GPUs found, and CPU processes offered without.
+        buckets_changed(dict[Path, Placement | str]): each image's bucket (or why it has
+            none) under the current settings.
         message(str, str): a message for the user: level (info/warning/error), text.
     """
 
@@ -218,6 +264,9 @@ class StudioController(QObject):
     job_started = Signal(object)
     job_progress = Signal(object)
     job_finished = Signal(object)
+    resume_available = Signal(object)
+    devices_detected = Signal(int, int)
+    buckets_changed = Signal(object)
     message = Signal(str, str)
 
     def __init__(
@@ -240,6 +289,17 @@ class StudioController(QObject):
             BackendConfig(BackendType.LOCAL, out), start_worker=self.threads
         )
         self.creator.with_backend(self.backend)
+        self._launch: LaunchBackend | None = None
+        self._run_backend: TrainingBackend = self.backend
+        self.processes = 1
+        self.cuda_count: int | None = None
+        self._resume_point: ResumePoint | None = None
+        self._sizes: dict[Path, Any] = {}
+        self._sizes_of: Dataset | None = None
+        self._buckets_dirty = False
+        self._bucket_task: asyncio.Task[None] | None = None
+        self._bucket_stop = threading.Event()
+        self.placements: dict[Path, Any] = {}
         self._store_path = Path(job_store_path) if job_store_path else paths.job_db_path()
         self._store: JobStore | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -306,14 +366,31 @@ class StudioController(QObject):
     def pending_tasks(self) -> int:
         return len(self._tasks)
 
+    @property
+    def can_pause(self) -> bool:
+        """The current (or last) run's backend can pause it (in-process runs only)."""
+        return hasattr(self._run_backend, "pause")
+
+    @property
+    def resume_point(self) -> ResumePoint | None:
+        """Where the last run can be resumed from, if it left a checkpoint."""
+        return self._resume_point
+
     def start(self) -> None:
-        """Open the job history and check the base model (call once the loop exists)."""
+        """Open the job history, check the base model and look for GPUs (call once the
+        loop exists)."""
         if self._started:
             return
         self._started = True
         self._spawn(self._open_job_store(), "open the job history")
         self.check_base_model()
         self.refresh_estimate()
+        self._spawn(self._detect_devices(), "look for GPUs")
+
+    async def _detect_devices(self) -> None:
+        count = await asyncio.to_thread(cuda_device_count)  # imports torch: seconds
+        self.cuda_count = count
+        self.devices_detected.emit(count, cpu_processes_offered() if count == 0 else 1)
 
     # ---- dataset -------------------------------------------------------------------------
 
@@ -363,8 +440,11 @@ class StudioController(QObject):
             return  # the user opened another folder meanwhile; that one wins
         if self._image_check_stop is not None:
             self._image_check_stop.set()
+        self._bucket_stop.set()
+        self._bucket_stop = threading.Event()
         self.creator.set_dataset(dataset)
         self._items = {item.path: item for item in dataset.images}
+        self.placements = {}
         self.dataset_loaded.emit(dataset)
         self._say(
             INFO,
@@ -381,6 +461,7 @@ class StudioController(QObject):
                 f"the original as .txt.orig.",
             )
         self.refresh_estimate()
+        self.refresh_buckets()
         stop = threading.Event()
         self._image_check_stop = stop
         self._spawn(self._check_images(dataset, stop), "check the images")
@@ -455,6 +536,7 @@ class StudioController(QObject):
         """Use ``config`` for the next run; ``False`` (and a message) if it is invalid."""
         if config == self.creator.config:
             return True
+        before = bucket_settings(self.creator.config)
         try:
             self.creator.with_config(config)
         except ConfigError as exc:
@@ -462,7 +544,13 @@ class StudioController(QObject):
             return False
         self.config_changed.emit(config)
         self.refresh_estimate()
+        if bucket_settings(config) != before:
+            self.refresh_buckets()
         return True
+
+    def set_processes(self, processes: int) -> None:
+        """Train the next run on ``processes`` GPUs (more than one: ``accelerate launch``)."""
+        self.processes = max(1, int(processes))
 
     def apply_preset(self, key: str) -> bool:
         """Load preset ``key``'s values, keeping the output name and trigger word."""
@@ -559,25 +647,71 @@ class StudioController(QObject):
         finally:
             self._estimate_task = None
 
+    # ---- buckets -----------------------------------------------------------------------------
+
+    def refresh_buckets(self) -> None:
+        """Place the images in buckets again soon (coalesced; off the GUI thread)."""
+        self._buckets_dirty = True
+        if self._bucket_task is None:
+            self._bucket_task = self._spawn(self._bucket_loop(), "place the images in buckets")
+
+    async def _bucket_loop(self) -> None:
+        try:
+            while self._buckets_dirty:
+                self._buckets_dirty = False
+                dataset, config = self.creator.dataset, self.creator.config
+                if dataset is None:
+                    return
+                if self._sizes_of is not dataset:  # sizes are read once per dataset
+                    self._sizes, self._sizes_of = {}, dataset
+                stop = self._bucket_stop
+                placements = await asyncio.to_thread(
+                    place_images, [item.path for item in dataset], self._sizes, config, stop
+                )
+                if stop.is_set() or dataset is not self.creator.dataset:
+                    continue
+                if not self._buckets_dirty:
+                    self.placements = placements
+                    self.buckets_changed.emit(placements)
+        finally:
+            self._bucket_task = None
+
     # ---- training ----------------------------------------------------------------------------
 
-    def start_training(self) -> asyncio.Task[None] | None:
-        """Start a local training run with the current dataset and settings."""
+    def start_training(
+        self, resume_from: str | os.PathLike[str] | None = None
+    ) -> asyncio.Task[None] | None:
+        """Start a local training run with the current dataset and settings; with
+        ``resume_from``, continue from that checkpoint (see :attr:`resume_point`)."""
         if self.is_training:
             self._say(WARNING, "A training run is already going; cancel it first.")
             return None
         self._starting = True
         self._cancel_when_started = False
         self._cancel_step = None
+        self._set_resume_point(None)
         self.training_active_changed.emit(True)
-        return self._spawn(self._train(), "train")
+        resume = Path(resume_from) if resume_from is not None else None
+        return self._spawn(self._train(resume), "train")
 
-    async def _train(self) -> None:
+    def _backend_for(self, processes: int) -> TrainingBackend:
+        if processes <= 1:
+            return self.backend
+        if self._launch is None or self._launch.num_processes != processes:
+            self._launch = LaunchBackend(
+                BackendConfig(BackendType.LOCAL, self.output_dir), num_processes=processes
+            )
+        return self._launch
+
+    async def _train(self, resume_from: Path | None = None) -> None:
+        processes = self.processes
         try:
             # Captions typed a moment ago must be on disk before the dataset is snapshot.
             await self.flush_captions()
+            self._run_backend = self._backend_for(processes)
+            self.creator.with_backend(self._run_backend)
             # Checks the model and the output folder off the GUI thread, then submits.
-            job = await self.creator.train()
+            job = await self.creator.train(resume_from=resume_from)
         except LoraStudioError as exc:
             self._starting = False
             self.training_active_changed.emit(False)
@@ -593,7 +727,11 @@ class StudioController(QObject):
         self._job = job
         self._starting = False
         self.job_started.emit(job)
-        self._say(INFO, f"Training {job.name} with {self.creator.base_model}\u2026")
+        where = f" on {processes} processes" if processes > 1 else ""
+        if resume_from is not None:
+            self._say(INFO, f"Resuming {job.name} from {resume_from.name}{where}\u2026")
+        else:
+            self._say(INFO, f"Training {job.name} with {self.creator.base_model}{where}\u2026")
         if self._cancel_when_started:
             self.cancel_training()
         final: Progress | None = None
@@ -611,6 +749,7 @@ class StudioController(QObject):
             )
         self._last_progress = final
         self.job_finished.emit(final)
+        self._spawn(self._look_for_checkpoint(job, final.status), "look for a checkpoint")
         if final.status is JobStatus.SUCCEEDED:
             self._say(INFO, f"Training finished: {final.output_path}")
         elif final.status is JobStatus.CANCELLED:
@@ -634,6 +773,34 @@ class StudioController(QObject):
         self._cancel_step = latest.step
         self._say(INFO, f"Stopping {job.name} after the current step (step {latest.step})\u2026")
 
+    def pause_training(self) -> asyncio.Task[None] | None:
+        """Hold the running job after its current step (in-process runs only)."""
+        job = self._job
+        if job is None or not self.can_pause:
+            return None
+        return self._spawn(self._pause(job), "pause training")
+
+    async def _pause(self, job: Job) -> None:
+        await self.creator.pause(job.id)
+        self._say(INFO, f"Pausing {job.name} after the current step\u2026")
+
+    def resume_paused_training(self) -> asyncio.Task[None] | None:
+        """Let a paused job go on."""
+        job = self._job
+        if job is None or not self.can_pause:
+            return None
+        return self._spawn(self.creator.resume(job.id), "resume training")
+
+    async def _look_for_checkpoint(self, job: Job, status: JobStatus) -> None:
+        point = await asyncio.to_thread(find_resume_point, Path(job.output_dir), job.name, status)
+        if not self.is_training:  # a new run started meanwhile: it has none yet
+            self._set_resume_point(point)
+
+    def _set_resume_point(self, point: ResumePoint | None) -> None:
+        if point != self._resume_point:
+            self._resume_point = point
+            self.resume_available.emit(point)
+
     # ---- shutdown ------------------------------------------------------------------------------
 
     def shutdown(self, timeout: float = 60.0) -> bool:
@@ -647,8 +814,12 @@ class StudioController(QObject):
         self._closed = True
         if self._image_check_stop is not None:
             self._image_check_stop.set()
+        self._bucket_stop.set()
         for job in self.backend.running_jobs():
             _drive(self.creator.cancel(job.id))
+        if self._launch is not None:
+            for job in self._launch.running_jobs():
+                self._launch.interrupt(job)
         clean = self.threads.join_all(timeout)
         if not clean:
             log.error("A training thread did not stop within %.0f s", timeout)

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 
 from lora_studio.gui import artwork
 from lora_studio.gui.dataset_model import Column, DatasetModel
+from lora_studio.gui.elided_label import ElidedLabel
 
 ICON = 116
 
@@ -47,9 +48,9 @@ class DatasetBrowser(QWidget):
 
         self.counts_label = QLabel("No dataset open")
         self.counts_label.setStyleSheet("font-size: 13pt;")
-        self.folder_label = QLabel()
+        # Elided in the middle: a long path must not make the panel (and window) wider.
+        self.folder_label = ElidedLabel(mode=Qt.TextElideMode.ElideMiddle)
         self.folder_label.setStyleSheet(f"color: {artwork.MUTED.name()};")
-        self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         self.view = QListView()
         self.view.setModel(model)

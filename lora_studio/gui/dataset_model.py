@@ -2,7 +2,9 @@
 
 Columns: image (file name + thumbnail), caption (editable), status (saved / saving /
 not saved / problems). Both the dataset browser (a thumbnail grid on column 0) and the
-caption editor grid show this one model.
+caption editor grid show this one model. Each image's bucket (the size it is trained at,
+e.g. ``640×384``, placed off the GUI thread by the controller) is in :attr:`Role.BUCKET`
+and the image's tooltip; the caption grid draws it under the file name.
 
 The model never writes files. Editing a caption records the new text as *pending*, shows
 it, and emits :attr:`DatasetModel.caption_edit_requested`; the controller saves it off the
@@ -28,8 +30,10 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QBrush, QIcon, QImage, QPixmap
 
+from lora_studio.core.buckets import Placement
 from lora_studio.core.dataset import Dataset, ImageItem
 from lora_studio.gui import artwork
+from lora_studio.gui.bucket_preview import bucket_text, buckets_summary, placement_tooltip
 from lora_studio.gui.thumbnail_loader import THUMBNAIL_SIZE, ThumbnailLoader
 
 Index = QModelIndex | QPersistentModelIndex
@@ -44,6 +48,8 @@ class Role(enum.IntEnum):
     HAS_CAPTION = _USER + 3  #: bool: a (saved or pending) non-empty caption
     CAPTION_STATE = _USER + 4  #: :class:`CaptionState`
     PROBLEM = _USER + 5  #: str | None: what is wrong with the item
+    PLACEMENT = _USER + 6  #: Placement | str | None: the image's bucket, or why it has none
+    BUCKET = _USER + 7  #: str | None: ``"640×384"``, ``"–"`` (no bucket), None (not known yet)
 
 
 class CaptionState(enum.Enum):
@@ -86,6 +92,7 @@ class DatasetModel(QAbstractTableModel):
         self._save_errors: dict[Path, str] = {}
         self._icons: OrderedDict[Path, QIcon] = OrderedDict()
         self._broken: dict[Path, str] = {}
+        self._placements: dict[Path, Placement | str] = {}
         self._thumbnails = thumbnails
         if thumbnails is not None:
             thumbnails.thumbnail_ready.connect(self._on_thumbnail_ready)
@@ -109,6 +116,7 @@ class DatasetModel(QAbstractTableModel):
         self._states.clear()
         self._save_errors.clear()
         self._broken.clear()
+        self._placements = {}
         # Reopening a folder is how a user refreshes it: thumbnails come back from the
         # disk cache, which notices changed files (keyed by mtime and size).
         self._icons.clear()
@@ -158,7 +166,25 @@ class DatasetModel(QAbstractTableModel):
     def caption_state(self, path: Path) -> CaptionState:
         return self._states.get(path, CaptionState.CLEAN)
 
+    def placement(self, path: Path) -> Placement | str | None:
+        """``path``'s bucket placement (or why it has none); ``None`` until computed."""
+        return self._placements.get(path)
+
+    def buckets_summary(self) -> str:
+        """``2 buckets: 256×256 (10) · 192×320 (2)``."""
+        return buckets_summary(
+            self._placements[i.path] for i in self._items if i.path in self._placements
+        )
+
     # ---- answers from the controller ---------------------------------------------------
+
+    def set_placements(self, placements: dict[Path, Placement | str]) -> None:
+        """Where the controller placed each image (bucket settings or dataset changed)."""
+        self._placements = {p: v for p, v in placements.items() if p in self._rows}
+        if self._items:
+            last = len(self._items) - 1
+            self.dataChanged.emit(self.index(0, Column.IMAGE), self.index(last, Column.IMAGE))
+        self.headerDataChanged.emit(Qt.Orientation.Horizontal, Column.IMAGE, Column.IMAGE)
 
     def caption_saved(self, path: Path, text: str) -> None:
         """The controller saved ``text`` as ``path``'s caption."""
@@ -206,8 +232,16 @@ class DatasetModel(QAbstractTableModel):
     def headerData(  # noqa: N802
         self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
     ) -> Any:
-        if orientation is Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return _HEADERS.get(Column(section)) if 0 <= section < len(Column) else None
+        if orientation is not Qt.Orientation.Horizontal or not 0 <= section < len(Column):
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return _HEADERS.get(Column(section))
+        if role == Qt.ItemDataRole.ToolTipRole and section == Column.IMAGE:
+            summary = self.buckets_summary()
+            return (
+                "Each image with the size it is trained at: its aspect-ratio bucket (see "
+                "Advanced settings \u203a Data and buckets)." + (f"\n{summary}" if summary else "")
+            )
         return None
 
     def flags(self, index: Index) -> Qt.ItemFlag:
@@ -233,6 +267,10 @@ class DatasetModel(QAbstractTableModel):
             return self.caption_state(item.path)
         if role == Role.PROBLEM:
             return self._problem(item)
+        if role == Role.PLACEMENT:
+            return self._placements.get(item.path)
+        if role == Role.BUCKET:
+            return self._bucket_text(item)
         if column == Column.IMAGE:
             return self._image_data(item, role)
         if column == Column.CAPTION:
@@ -278,11 +316,22 @@ class DatasetModel(QAbstractTableModel):
             return self._icon(item.path)
         if role == Qt.ItemDataRole.ToolTipRole:
             problem = self._problem(item)
-            text = str(item.path)
-            return f"{text}\n\u26a0 {problem}" if problem else text
+            lines = [str(item.path)]
+            placement = self._placements.get(item.path)
+            if placement is not None:
+                lines.append(placement_tooltip(placement))
+            if problem:
+                lines.append(f"\u26a0 {problem}")
+            return "\n".join(lines)
         if role == Qt.ItemDataRole.ForegroundRole and self._problem(item):
             return QBrush(artwork.WARNING)
         return None
+
+    def _bucket_text(self, item: ImageItem) -> str | None:
+        placement = self._placements.get(item.path)
+        if placement is None:
+            return None
+        return bucket_text(placement.bucket) if isinstance(placement, Placement) else "\u2013"
 
     def _caption_data(self, item: ImageItem, role: int) -> Any:
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):

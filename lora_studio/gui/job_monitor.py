@@ -1,14 +1,18 @@
-"""The job monitor: status, progress, loss curve, log and result of the training run.
+"""The job monitor: status, progress, loss curve, sample images, log and result of the
+training run.
 
 It only shows :class:`~lora_studio.core.jobs.Progress` values handed to it, so it works the
 same whichever backend runs the job. Its Cancel button goes idle → running → "Stopping…"
-(disabled) → idle.
+(disabled) → idle. For runs that can pause (in-process ones) the Pause button goes
+"Pause" → "Pausing…" → (the run reports Paused) "Resume" → "Resuming…" → "Pause"; Cancel
+works throughout. A run that ended with a checkpoint behind it offers "Resume from step N".
 """
 
 from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QFont, QFontDatabase, QTextCursor
@@ -24,9 +28,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lora_studio.core.config import LoraConfig
+from lora_studio.core.errors import ConfigError
 from lora_studio.core.jobs import Job, JobStatus, Progress
 from lora_studio.gui import artwork
 from lora_studio.gui.loss_curve import LossCurve
+from lora_studio.gui.sample_gallery import SampleGallery
+from lora_studio.gui.thumbnail_loader import ThumbnailLoader
+
+if TYPE_CHECKING:
+    from lora_studio.gui.controller import ResumePoint
 
 _LOG_KEEP = 400
 
@@ -35,7 +46,25 @@ class MonitorState(enum.Enum):
     IDLE = "idle"
     STARTING = "starting"
     RUNNING = "running"
+    PAUSING = "pausing"  # asked to pause; the run finishes its step first
+    PAUSED = "paused"
+    RESUMING = "resuming"
     STOPPING = "stopping"
+
+
+#: States in which a run is going (Cancel is offered).
+ACTIVE = (
+    MonitorState.STARTING,
+    MonitorState.RUNNING,
+    MonitorState.PAUSING,
+    MonitorState.PAUSED,
+    MonitorState.RESUMING,
+)
+_PAUSE_TEXT = {
+    MonitorState.PAUSING: "Pausing\u2026",
+    MonitorState.PAUSED: "Resume",
+    MonitorState.RESUMING: "Resuming\u2026",
+}
 
 
 def format_clock(seconds: float | None) -> str:
@@ -88,6 +117,7 @@ def new_log_lines(shown: list[str], tail: tuple[str, ...] | list[str]) -> list[s
 
 
 _STATUS_COLORS = {
+    JobStatus.PAUSED: artwork.ACCENT,
     JobStatus.SUCCEEDED: artwork.SUCCESS,
     JobStatus.FAILED: artwork.ERROR,
     JobStatus.CANCELLED: artwork.WARNING,
@@ -99,15 +129,26 @@ class JobMonitor(QWidget):
 
     Signals:
         cancel_requested(): the user pressed Cancel.
+        pause_requested(): the user pressed Pause.
+        unpause_requested(): the user pressed Resume on a paused run.
+        resume_checkpoint_requested(Path): the user wants to continue an ended run from
+            its checkpoint.
     """
 
     cancel_requested = Signal()
+    pause_requested = Signal()
+    unpause_requested = Signal()
+    resume_checkpoint_requested = Signal(object)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, thumbnails: ThumbnailLoader | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self._state = MonitorState.IDLE
         self._log_shown: list[str] = []
         self._last: Progress | None = None
+        self._pausable = True
+        self._resume_point: ResumePoint | None = None
 
         title = QLabel("<b>Training job</b>")
         self.job_label = QLabel("No run yet")
@@ -123,9 +164,18 @@ class JobMonitor(QWidget):
         )
         self.cancel_button.setMinimumWidth(110)
         self.cancel_button.clicked.connect(self._on_cancel_clicked)
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setMinimumWidth(110)
+        self.pause_button.clicked.connect(self._on_pause_clicked)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setObjectName("resumeButton")
+        self.resume_button.clicked.connect(self._on_resume_clicked)
+        self.resume_button.hide()
         head = QHBoxLayout()
         head.addWidget(title)
         head.addWidget(self.job_label, 1)
+        head.addWidget(self.resume_button)
+        head.addWidget(self.pause_button)
         head.addWidget(self.cancel_button)
 
         self.progress_bar = QProgressBar()
@@ -167,11 +217,15 @@ class JobMonitor(QWidget):
         mono.setPointSizeF(max(8.0, QFont().pointSizeF() * 0.9))
         self.log_view.setFont(mono)
         self.log_view.setPlaceholderText("Log lines of the run appear here")
+        self.samples = SampleGallery(thumbnails)
+        self.samples.hide()  # until a run draws samples
         body = QSplitter(Qt.Orientation.Horizontal)
         body.addWidget(self.loss_curve)
+        body.addWidget(self.samples)
         body.addWidget(self.log_view)
         body.setStretchFactor(0, 2)
-        body.setStretchFactor(1, 3)
+        body.setStretchFactor(1, 2)
+        body.setStretchFactor(2, 3)
         body.setChildrenCollapsible(False)
         self.body = body
 
@@ -204,9 +258,46 @@ class JobMonitor(QWidget):
         self._apply_state()
 
     def _apply_state(self) -> None:
-        stopping = self._state is MonitorState.STOPPING
+        state = self._state
+        stopping = state is MonitorState.STOPPING
         self.cancel_button.setText("Stopping\u2026" if stopping else "Cancel")
-        self.cancel_button.setEnabled(self._state in (MonitorState.STARTING, MonitorState.RUNNING))
+        self.cancel_button.setEnabled(state in ACTIVE)
+        self.pause_button.setVisible(self._pausable)
+        self.pause_button.setText(_PAUSE_TEXT.get(state, "Pause"))
+        self.pause_button.setEnabled(state in (MonitorState.RUNNING, MonitorState.PAUSED))
+        self.pause_button.setToolTip(
+            "Continue training from where it paused"
+            if state is MonitorState.PAUSED
+            else "Hold the run after the current step; it keeps everything in memory and "
+            "goes on when you press Resume"
+        )
+        point = self._resume_point
+        self.resume_button.setVisible(state is MonitorState.IDLE and point is not None)
+        if point is not None:
+            self.resume_button.setText(f"Resume from step {point.step}")
+            after = (
+                "e.g. after raising the epochs or max steps"
+                if point.status is JobStatus.SUCCEEDED
+                else "to finish what was cut short"
+            )
+            self.resume_button.setToolTip(
+                f"Train on from the checkpoint at step {point.step} ({after}): weights, "
+                f"optimizer, schedule and data order are restored.\n{point.path}"
+            )
+
+    def set_pause_supported(self, supported: bool) -> None:
+        """Whether the run being shown can pause (multi-GPU runs cannot)."""
+        self._pausable = supported
+        self._apply_state()
+
+    def set_resume_point(self, point: ResumePoint | None) -> None:
+        """Offer (or stop offering) to continue the last run from its checkpoint."""
+        self._resume_point = point
+        self._apply_state()
+
+    @property
+    def resume_point(self) -> ResumePoint | None:
+        return self._resume_point
 
     # ---- slots (connected to the controller) -------------------------------------------
 
@@ -221,11 +312,28 @@ class JobMonitor(QWidget):
 
     def on_job_started(self, job: Job) -> None:
         self.job_label.setText(f"{job.name} \u00b7 {job.base_model}")
+        try:
+            self.samples.set_prompts(LoraConfig.from_dict(job.config).sample_prompt_list)
+        except ConfigError:  # a job from elsewhere with a config this version cannot read
+            self.samples.set_prompts([])
         if self._state is not MonitorState.STOPPING:
             self._set_state(MonitorState.RUNNING)
 
     def on_progress(self, progress: Progress) -> None:
         self._last = progress
+        state = self._state
+        if progress.status is JobStatus.PAUSED and state in (
+            MonitorState.RUNNING,
+            MonitorState.PAUSING,
+        ):
+            self._set_state(MonitorState.PAUSED)
+        elif progress.status is JobStatus.RUNNING and state in (
+            MonitorState.PAUSED,
+            MonitorState.RESUMING,
+        ):
+            self._set_state(MonitorState.RUNNING)
+        if progress.sample_paths and self.samples.add(progress.sample_paths):
+            self._show_samples()
         self.status_label.setText(status_text(progress))
         self.status_label.setStyleSheet(self._status_style(progress.status))
         total = max(1, progress.total_steps)
@@ -267,8 +375,14 @@ class JobMonitor(QWidget):
 
     # ---- internals --------------------------------------------------------------------------
 
+    def shutdown(self) -> None:
+        """Stop decoding sample thumbnails (the window is closing)."""
+        self.samples.shutdown()
+
     def _reset(self) -> None:
         self._last = None
+        self.samples.clear()
+        self.samples.hide()
         self._log_shown.clear()
         self.log_view.clear()
         self.loss_curve.set_values(())
@@ -289,10 +403,30 @@ class JobMonitor(QWidget):
         color = _STATUS_COLORS.get(status)
         return f"color: {color.name()};" if color is not None else ""
 
+    def _show_samples(self) -> None:
+        if self.samples.isVisible():
+            return
+        self.samples.show()
+        total = sum(self.body.sizes()) or self.body.width()
+        # A third each for the curve and the samples, the rest for the log.
+        self.body.setSizes([total * 3 // 10, total * 3 // 10, total - 2 * (total * 3 // 10)])
+
     def _on_cancel_clicked(self) -> None:
-        if self._state in (MonitorState.STARTING, MonitorState.RUNNING):
+        if self._state in ACTIVE:
             self._set_state(MonitorState.STOPPING)
             self.cancel_requested.emit()
+
+    def _on_pause_clicked(self) -> None:
+        if self._state is MonitorState.RUNNING:
+            self._set_state(MonitorState.PAUSING)
+            self.pause_requested.emit()
+        elif self._state is MonitorState.PAUSED:
+            self._set_state(MonitorState.RESUMING)
+            self.unpause_requested.emit()
+
+    def _on_resume_clicked(self) -> None:
+        if self._state is MonitorState.IDLE and self._resume_point is not None:
+            self.resume_checkpoint_requested.emit(self._resume_point.path)
 
     def _open_output_folder(self) -> None:
         text = self.output_edit.text()

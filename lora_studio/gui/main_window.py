@@ -54,7 +54,7 @@ from PySide6.QtWidgets import (
 from lora_studio.core.config import LoraConfig
 from lora_studio.core.dataset import IMAGE_EXTENSIONS, Dataset
 from lora_studio.core.estimates import Estimate
-from lora_studio.core.jobs import Progress
+from lora_studio.core.jobs import Job, Progress
 from lora_studio.gui import artwork
 from lora_studio.gui import settings as app_settings
 from lora_studio.gui.caption_grid import CaptionGrid
@@ -185,6 +185,10 @@ class MainWindow(QMainWindow):
         self.preset_form.set_output_dir(str(controller.output_dir))
         self.job_monitor = JobMonitor()
         self.message_bar = MessageBar()
+        processes, sections = app_settings.read_form_state(self.settings)
+        self.preset_form.advanced.set_expanded_sections(sections)
+        self.preset_form.set_processes(processes)
+        controller.set_processes(self.preset_form.processes)
 
         self.top_splitter = QSplitter(Qt.Orientation.Horizontal)
         self.top_splitter.addWidget(self.browser)
@@ -259,9 +263,12 @@ class MainWindow(QMainWindow):
         c.output_dir_changed.connect(self._on_output_dir_changed)
         c.estimate_changed.connect(self._on_estimate)
         c.training_active_changed.connect(self._on_training_active)
-        c.job_started.connect(self.job_monitor.on_job_started)
+        c.job_started.connect(self._on_job_started)
         c.job_progress.connect(self.job_monitor.on_progress)
         c.job_finished.connect(self._on_job_finished)
+        c.resume_available.connect(self.job_monitor.set_resume_point)
+        c.devices_detected.connect(self._on_devices_detected)
+        c.buckets_changed.connect(self.dataset_model.set_placements)
         c.message.connect(self.show_message)
 
         self.dataset_model.caption_edit_requested.connect(c.save_caption)
@@ -274,7 +281,11 @@ class MainWindow(QMainWindow):
         self.preset_form.train_requested.connect(c.start_training)
         self.preset_form.save_config_requested.connect(self.choose_config_to_save)
         self.preset_form.load_config_requested.connect(self.choose_config_to_load)
+        self.preset_form.processes_edited.connect(self._on_processes_edited)
         self.job_monitor.cancel_requested.connect(c.cancel_training)
+        self.job_monitor.pause_requested.connect(c.pause_training)
+        self.job_monitor.unpause_requested.connect(c.resume_paused_training)
+        self.job_monitor.resume_checkpoint_requested.connect(c.start_training)
 
         self.browser.view.selectionModel().selectionChanged.connect(self._sync_from_browser)
         self.caption_grid.table.selectionModel().selectionChanged.connect(self._sync_from_grid)
@@ -409,8 +420,20 @@ class MainWindow(QMainWindow):
         if not active and self._close_when_stopped:
             QTimer.singleShot(0, self.close)
 
+    def _on_job_started(self, job: Job) -> None:
+        self.job_monitor.set_pause_supported(self.controller.can_pause)
+        self.job_monitor.on_job_started(job)
+
     def _on_job_finished(self, progress: Progress) -> None:
         self.job_monitor.on_finished(progress)
+
+    def _on_devices_detected(self, cuda_count: int, cpu_processes: int) -> None:
+        self.preset_form.set_devices(cuda_count, cpu_processes)
+        self.controller.set_processes(self.preset_form.processes)
+
+    def _on_processes_edited(self, processes: int) -> None:
+        self.controller.set_processes(processes)
+        app_settings.remember(self.settings, app_settings.KEY_PROCESSES, str(processes))
 
     # ---- selection shared by the browser and the grid --------------------------------------------
 
@@ -537,6 +560,7 @@ class MainWindow(QMainWindow):
             return
         self._save_window_state()
         self.thumbnails.shutdown()
+        self.job_monitor.shutdown()
         self._closed = True
         event.accept()
 
@@ -547,6 +571,10 @@ class MainWindow(QMainWindow):
         s.setValue(
             app_settings.KEY_SPLITTERS,
             [self.top_splitter.saveState(), self.main_splitter.saveState()],
+        )
+        s.setValue(
+            app_settings.KEY_ADVANCED_SECTIONS,
+            " ".join(self.preset_form.advanced.expanded_sections()),
         )
         s.sync()
 
@@ -567,5 +595,7 @@ class MainWindow(QMainWindow):
                 if isinstance(saved, QByteArray):
                     splitter.restoreState(saved)
         else:
-            self.top_splitter.setSizes([300, 560, 580])
+            # Wide enough for two columns of thumbnails at 1440 px; narrower windows scale
+            # these down (the browser then shows one column).
+            self.top_splitter.setSizes([318, 542, 580])
             self.main_splitter.setSizes([570, 290])

@@ -3,7 +3,10 @@ live estimate and the Train button.
 
 Labels, tooltips and ranges come from :class:`~lora_studio.core.config.LoraConfig`'s field
 metadata (``field_label``/``field_help``/``field_range``), the same source the CLI's
-``--help`` uses. The form validates by building the config the way the CLI does
+``--help`` uses. The everyday settings are on one grid; every other field is under
+"Advanced settings" (:mod:`lora_studio.gui.advanced_settings`), collapsed by default, in
+sections whose headers say what differs from the preset. The form validates by building
+the config the way the CLI does
 (:meth:`LoraConfig.replace`, i.e. ``coerce_config``): a value it rejects is outlined in red,
 explained under the form, and Train stays disabled until it is fixed. Valid edits go to
 the controller at once, which answers with a new estimate.
@@ -11,9 +14,10 @@ the controller at once, which answers with a new estimate.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QPoint, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
@@ -44,6 +48,7 @@ from lora_studio.core.config import (
 from lora_studio.core.errors import ConfigError
 from lora_studio.core.estimates import Estimate, format_duration
 from lora_studio.gui import artwork
+from lora_studio.gui.advanced_settings import AdvancedSettings, changed_fields
 
 _INVALID_STYLE = f"border: 1px solid {artwork.ERROR.name()}; border-radius: 2px;"
 _PRECISION_LABELS = {
@@ -114,20 +119,51 @@ _PRESET_FIELDS = (
 )
 
 
+#: The fields on the main grid (everything else is under "Advanced settings").
+MAIN_FIELDS = ("name", "trigger_word", *_PRESET_FIELDS)
+
+
 def preset_description(config: LoraConfig) -> str:
     """The preset's description, plus which of its values were changed here."""
     preset = PRESETS.get(config.preset)
     if preset is None:
         return ""
-    defaults = preset.factory()
-    changed = [
-        field_label(name).lower()
-        for name in _PRESET_FIELDS
-        if getattr(config, name) != getattr(defaults, name)
-    ]
+    changed = [field_label(name).lower() for name in changed_fields(config, _PRESET_FIELDS)]
     if not changed:
         return preset.description
     return f"{preset.description} Changed here: {', '.join(changed)}."
+
+
+def cache_note(config: LoraConfig) -> str:
+    """Why caption embeddings cannot be cached for ``config`` ("" when they can)."""
+    if config.uses_text_cache:
+        return ""
+    varying = [
+        what
+        for what, on in (
+            ("caption dropout", config.caption_dropout > 0),
+            ("tag shuffling", config.shuffle_tags),
+        )
+        if on
+    ]
+    if varying:
+        verb = "vary" if len(varying) > 1 else "varies"
+        return f"Text cache off: {' and '.join(varying)} {verb} the captions."
+    return "Text cache off: the text encoder is trained."
+
+
+def device_choices(cuda_count: int | None, cpu_processes: int = 1) -> list[tuple[str, int]]:
+    """The GPUs box's entries: (label, processes).
+
+    ``cuda_count`` ``None`` means not detected yet; 0 means no CUDA GPU, where training runs
+    on the CPU in-process, and ``cpu_processes`` > 1 (an explicit opt-in) also offers
+    several CPU processes under ``accelerate launch``.
+    """
+    if cuda_count is None:
+        return [("1", 1)]
+    if cuda_count == 0:
+        return [("CPU", 1)] + [(f"{n} CPU processes", n) for n in range(2, cpu_processes + 1)]
+    return [(f"{n} GPU{'s' if n > 1 else ''}", n) for n in range(1, cuda_count + 1)]
 
 
 def _int_range(name: str, low_default: int = 0) -> tuple[int, int]:
@@ -147,6 +183,7 @@ class PresetForm(QWidget):
         output_dir_edited(str): the user chose another output folder.
         train_requested(): Train was pressed.
         save_config_requested(), load_config_requested(): the Save/Load buttons.
+        processes_edited(int): the user chose how many GPUs (processes) to train on.
     """
 
     config_edited = Signal(object)
@@ -156,6 +193,7 @@ class PresetForm(QWidget):
     train_requested = Signal()
     save_config_requested = Signal()
     load_config_requested = Signal()
+    processes_edited = Signal(int)
 
     def __init__(self, config: LoraConfig, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -241,6 +279,16 @@ class PresetForm(QWidget):
         self.text_encoder_check.setToolTip(field_help("train_text_encoder"))
         self._fields["train_text_encoder"] = self.text_encoder_check
         self.text_encoder_check.toggled.connect(self._on_edited)
+        self.gpu_box = QComboBox()
+        self._wanted_processes = 1
+        self.gpu_label = _caption("GPUs", self.gpu_box)
+        self.set_devices(None)
+        self.gpu_box.activated.connect(self._on_gpus_activated)
+
+        self.advanced = AdvancedSettings(MAIN_FIELDS, self._on_edited)
+        for name, editor in self.advanced.editors.items():
+            self._fields[name] = editor.widget
+        self._labels.update(self.advanced.labels)
 
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
@@ -284,9 +332,12 @@ class PresetForm(QWidget):
             grid.addWidget(self._labels[right], r, 2)
             grid.addWidget(self._fields[right], r, 3)
         last = 5 + len(rows)
-        grid.addWidget(self.text_encoder_check, last, 1, 1, 3)
-        grid.addWidget(self.error_label, last + 1, 0, 1, 4)
-        grid.setRowStretch(last + 2, 1)
+        grid.addWidget(self.gpu_label, last, 0)
+        grid.addWidget(self.gpu_box, last, 1)
+        grid.addWidget(self.text_encoder_check, last, 2, 1, 2)
+        grid.addWidget(_rule(), last + 1, 0, 1, 4)
+        grid.addWidget(self.advanced, last + 2, 0, 1, 4)
+        grid.setRowStretch(last + 3, 1)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)
 
@@ -303,6 +354,8 @@ class PresetForm(QWidget):
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.scroll = scroll
+        for disclosure in (self.advanced.outer, *self.advanced.disclosures.values()):
+            disclosure.opened.connect(functools.partial(self._scroll_to_soon, disclosure))
         # Narrow windows take width from the caption grid, not from these fields.
         self.setMinimumWidth(
             inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 16
@@ -318,6 +371,16 @@ class PresetForm(QWidget):
             "Estimated from the model family, resolution, batch size and rank; real runs "
             "vary with the hardware."
         )
+        self.cache_label = QLabel()
+        self.cache_label.setWordWrap(True)
+        self.cache_label.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        self.cache_label.setToolTip(
+            "Caption embeddings are normally computed once and reused every epoch (and by the "
+            "next run, when cached to disk). When the caption text changes from step to step, "
+            "or the text encoder itself is trained, they are encoded at every step instead: "
+            "a little slower, and the text encoders stay in memory."
+        )
+        self.cache_label.hide()
         estimate_box = QFrame()
         estimate_box.setObjectName("estimateBox")
         estimate_box.setStyleSheet(
@@ -330,6 +393,7 @@ class PresetForm(QWidget):
         est_layout.addWidget(est_title)
         est_layout.addWidget(self.steps_label)
         est_layout.addWidget(self.cost_label)
+        est_layout.addWidget(self.cache_label)
 
         self.train_button = QPushButton("Train")
         self.train_button.setObjectName("trainButton")
@@ -352,6 +416,7 @@ class PresetForm(QWidget):
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addLayout(head)
         layout.addWidget(scroll, 1)
+        layout.addWidget(self.error_label)
         layout.addWidget(estimate_box)
         layout.addWidget(self.train_button)
 
@@ -426,6 +491,7 @@ class PresetForm(QWidget):
                 self.precision_box.setCurrentIndex(index)
             if self.text_encoder_check.isChecked() != config.train_text_encoder:
                 self.text_encoder_check.setChecked(config.train_text_encoder)
+            self.advanced.show_config(config)
             preset_index = self.preset_box.findData(config.preset)
             if preset_index >= 0:
                 self.preset_box.setCurrentIndex(preset_index)
@@ -433,6 +499,47 @@ class PresetForm(QWidget):
         finally:
             self._loading = False
         self._validate()
+        self._show_estimate()
+
+    def set_devices(self, cuda_count: int | None, cpu_processes: int = 1) -> None:
+        """Offer 1 … ``cuda_count`` GPUs (see :func:`device_choices`); keeps the choice
+        when it is still offered."""
+        choices = device_choices(cuda_count, cpu_processes)
+        self.gpu_box.clear()
+        for label, processes in choices:
+            self.gpu_box.addItem(label, processes)
+        index = self.gpu_box.findData(self._wanted_processes)
+        self.gpu_box.setCurrentIndex(max(0, index))
+        self.gpu_box.setEnabled(len(choices) > 1)
+        if cuda_count is None:
+            tip = "Looking for GPUs\u2026"
+        elif cuda_count == 0 and len(choices) == 1:
+            tip = "No CUDA GPU found: training runs on the CPU, in this process."
+        elif cuda_count == 0:
+            tip = (
+                "No CUDA GPU found. More than one CPU process runs the data-parallel path "
+                "(accelerate launch, gloo): for trying it out, not for speed."
+            )
+        else:
+            tip = (
+                f"{cuda_count} CUDA GPU{'s' if cuda_count > 1 else ''} found. With more than "
+                "one, training runs under accelerate launch, one process per GPU (each step "
+                "trains a batch on every GPU); pausing needs a single GPU."
+            )
+        self.gpu_box.setToolTip(tip)
+        self.gpu_label.setToolTip(tip)
+
+    @property
+    def processes(self) -> int:
+        """How many GPUs (training processes) are chosen."""
+        return int(self.gpu_box.currentData() or 1)
+
+    def set_processes(self, processes: int) -> None:
+        """Choose ``processes`` GPUs, now or once that many are found."""
+        self._wanted_processes = processes
+        index = self.gpu_box.findData(processes)
+        if index >= 0:
+            self.gpu_box.setCurrentIndex(index)
 
     def set_base_model(self, ref: str, description: str = "", error: str = "") -> None:
         """Show the base model and what checking it found."""
@@ -484,6 +591,7 @@ class PresetForm(QWidget):
             "gradient_accumulation_steps": self.accum_spin.value(),
             "mixed_precision": self.precision_box.currentData(),
             "train_text_encoder": self.text_encoder_check.isChecked(),
+            **self.advanced.values(),
         }
 
     def _on_edited(self, *_: object) -> None:
@@ -496,18 +604,24 @@ class PresetForm(QWidget):
     def _validate(self) -> LoraConfig | None:
         values = self.values()
         errors: dict[str, str] = {}
-        for name, value in values.items():
-            try:
-                self._config.replace(**{name: value})
-            except ConfigError as exc:
-                errors[name] = str(exc)
         config: LoraConfig | None = None
         overall = ""
         try:
             config = self._config.replace(**values)
         except ConfigError as exc:
             overall = str(exc)
+            # Which fields are to blame: each one tried on its own.
+            for name, value in values.items():
+                try:
+                    self._config.replace(**{name: value})
+                except ConfigError as field_exc:
+                    errors[name] = str(field_exc)
         previous, self._errors = self._errors, errors
+        for name in errors.keys() - previous.keys():
+            if name in self.advanced.editors:
+                self.advanced.reveal(name)  # an error nobody can see cannot be fixed
+                self._scroll_to_soon(self._fields[name])
+        self.advanced.update_applicable(config or self._config)
         for name, widget in self._fields.items():
             if (name in errors) == (name in previous):
                 continue  # restyling every field on every keystroke would flicker
@@ -526,6 +640,27 @@ class PresetForm(QWidget):
         self._valid = config is not None
         self._update_train_button()
         return config
+
+    def _scroll_to_soon(self, widget: QWidget) -> None:
+        """Scroll ``widget`` into view once the layout has made room for it."""
+        QTimer.singleShot(0, self, functools.partial(self._scroll_to, widget))
+
+    def _scroll_to(self, widget: QWidget) -> None:
+        inner = self.scroll.widget()
+        top = widget.mapTo(inner, QPoint(0, 0)).y() - 4
+        bottom = top + widget.height() + 8
+        bar = self.scroll.verticalScrollBar()
+        view = self.scroll.viewport().height()
+        if bottom > bar.value() + view:
+            bar.setValue(min(top, bottom - view))  # all of it if it fits, else its top
+        elif top < bar.value():
+            bar.setValue(top)
+
+    def _on_gpus_activated(self, index: int) -> None:
+        processes = self.gpu_box.itemData(index)
+        if processes:
+            self._wanted_processes = int(processes)
+            self.processes_edited.emit(int(processes))
 
     def _on_preset_activated(self, index: int) -> None:
         key = self.preset_box.itemData(index)
@@ -565,6 +700,9 @@ class PresetForm(QWidget):
     # ---- display -------------------------------------------------------------------------
 
     def _show_estimate(self) -> None:
+        note = cache_note(self._config)
+        self.cache_label.setText(note)
+        self.cache_label.setVisible(bool(note))
         if self._estimate is None:
             self.steps_label.setText("Estimating\u2026")
             self.cost_label.setText("")

@@ -29,6 +29,8 @@ KEY_LAST_DATASET = "dataset/last"
 KEY_CONFIG = "training/config"
 KEY_BASE_MODEL = "training/base_model"
 KEY_OUTPUT_DIR = "training/output_dir"
+KEY_PROCESSES = "training/processes"
+KEY_ADVANCED_SECTIONS = "form/advanced_sections"
 
 
 def settings_path() -> Path:
@@ -49,6 +51,8 @@ class Session:
     output_dir: str | None = None
     last_dataset: str | None = None
     problem: str | None = None
+    processes: int = 1
+    advanced_sections: tuple[str, ...] = ()
 
 
 def _text(settings: QSettings, key: str) -> str | None:
@@ -72,13 +76,26 @@ def read_session(settings: QSettings) -> Session:
             problem = (
                 f"The remembered training settings could not be used ({exc}); using the defaults."
             )
+    processes, sections = read_form_state(settings)
     return Session(
         config=config,
         base_model=_text(settings, KEY_BASE_MODEL),
         output_dir=_text(settings, KEY_OUTPUT_DIR),
         last_dataset=_text(settings, KEY_LAST_DATASET),
         problem=problem,
+        processes=processes,
+        advanced_sections=sections,
     )
+
+
+def read_form_state(settings: QSettings) -> tuple[int, tuple[str, ...]]:
+    """The GPUs chosen and the advanced-settings sections left open."""
+    try:
+        processes = max(1, int(_text(settings, KEY_PROCESSES) or 1))
+    except ValueError:
+        processes = 1
+    sections = tuple((_text(settings, KEY_ADVANCED_SECTIONS) or "").split())
+    return processes, sections
 
 
 def remember_config(settings: QSettings, config: LoraConfig) -> None:

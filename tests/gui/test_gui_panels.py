@@ -15,7 +15,7 @@ from PySide6.QtTest import QTest
 
 from lora_studio.core.config import PRESETS
 from lora_studio.core.estimates import estimate
-from lora_studio.core.jobs import JobStatus, Progress
+from lora_studio.core.jobs import BackendType, JobStatus, Progress
 from lora_studio.gui import qt_compat
 from lora_studio.gui.async_signals import signal_future
 from lora_studio.gui.caption_grid import CaptionEditor
@@ -337,3 +337,98 @@ def test_empty_window_offers_the_sample_dataset(make_window, qloop):
     run(qloop, scenario())
     assert window.browser.stack.currentWidget() is window.browser.view
     assert window.preset_form.train_button.isEnabled()
+
+
+# ---- training features: pieces on their own -------------------------------------------------
+
+
+def test_pause_button_follows_the_run_and_ignores_stale_updates(qapp):
+    from lora_studio.core.jobs import Job
+    from lora_studio.gui.controller import ResumePoint
+
+    monitor = JobMonitor()
+    seen: list[str] = []
+    monitor.pause_requested.connect(lambda: seen.append("pause"))
+    monitor.unpause_requested.connect(lambda: seen.append("unpause"))
+    monitor.set_training_active(True)
+    assert not monitor.pause_button.isEnabled()  # no job to pause yet
+    job = Job(id="j", backend=BackendType.LOCAL, name="n", base_model="m", output_dir="/o")
+    monitor.on_job_started(job)
+    running = Progress(status=JobStatus.RUNNING, step=3, total_steps=10)
+    monitor.pause_button.click()
+    assert monitor.state is MonitorState.PAUSING and seen == ["pause"]
+    monitor.on_progress(running)  # the step that was under way finishes first
+    assert monitor.state is MonitorState.PAUSING
+    monitor.on_progress(running.evolve(status=JobStatus.PAUSED, message="Paused"))
+    assert monitor.state is MonitorState.PAUSED and monitor.status_label.text() == "Paused"
+    assert monitor.pause_button.text() == "Resume" and monitor.cancel_button.isEnabled()
+    monitor.pause_button.click()
+    assert monitor.state is MonitorState.RESUMING and seen == ["pause", "unpause"]
+    monitor.on_progress(running.evolve(status=JobStatus.PAUSED))  # stale
+    assert monitor.state is MonitorState.RESUMING
+    monitor.on_progress(running.evolve(step=4))
+    assert monitor.state is MonitorState.RUNNING and monitor.pause_button.text() == "Pause"
+    monitor.set_pause_supported(False)
+    assert monitor.pause_button.isHidden()
+    monitor.on_finished(running.evolve(status=JobStatus.CANCELLED))
+    point = ResumePoint(Path("/o/n-checkpoints/step-000004"), 4, JobStatus.CANCELLED)
+    monitor.set_resume_point(point)
+    assert not monitor.resume_button.isHidden()
+    assert monitor.resume_button.text() == "Resume from step 4"
+    monitor.set_resume_point(None)
+    assert monitor.resume_button.isHidden()
+    monitor.shutdown()
+    monitor.deleteLater()
+
+
+def test_sample_gallery_shows_each_sample_once_newest_first(qapp, tmp_path: Path):
+    from lora_studio.gui.sample_gallery import SampleGallery, sample_step
+
+    paths = []
+    for step in (2, 4):
+        for index in (0, 1):
+            path = tmp_path / f"step{step:06d}-{index:02d}.png"
+            Image.new("RGB", (64, 64), (step * 40, index * 90, 60)).save(path)
+            paths.append(str(path))
+    gallery = SampleGallery()
+    gallery.set_prompts(["a fox", "a boat"])
+    assert gallery.add(paths[:2]) == 2
+    assert gallery.add(paths[:2]) == 0  # the same snapshot again: nothing new
+    assert gallery.add(paths[2:]) == 2
+    assert [p.name for p in gallery.paths()] == [
+        "step000004-00.png",
+        "step000004-01.png",
+        "step000002-00.png",
+        "step000002-01.png",
+    ]
+    assert "prompt 2: a boat" in gallery.list.item(1).toolTip()
+    assert sample_step("step000123-04.png") == (123, 4) and sample_step("other.png") is None
+    gallery.clear()
+    assert gallery.paths() == [] and gallery.title.text() == "Samples"
+    gallery.shutdown()
+    gallery.deleteLater()
+
+
+def test_gpu_choices_and_section_summaries():
+    from lora_studio.core.config import LoraConfig
+    from lora_studio.gui.advanced_settings import advanced_sections, describe_value
+    from lora_studio.gui.preset_form import MAIN_FIELDS, cache_note, device_choices
+
+    assert device_choices(None) == [("1", 1)]
+    assert device_choices(0) == [("CPU", 1)]
+    assert device_choices(0, 2) == [("CPU", 1), ("2 CPU processes", 2)]
+    assert device_choices(4) == [("1 GPU", 1), ("2 GPUs", 2), ("3 GPUs", 3), ("4 GPUs", 4)]
+    sections = advanced_sections(MAIN_FIELDS)
+    placed = [name for section in sections for name in section.fields]
+    assert len(placed) == len(set(placed))
+    assert "lr_scheduler" in next(s for s in sections if s.key == "optimizer").fields
+    assert describe_value("use_dora", True) == "DoRA"
+    assert describe_value("cache_to_disk", False) == "Cache to disk off"
+    assert describe_value("sample_prompts", "a\n\nb\n") == "2 sample prompts"
+    assert describe_value("conv_rank", 8) == "Conv rank: 8"
+    assert describe_value("save_every_n_steps", 0) == "Checkpoint every N steps: off"
+    assert cache_note(LoraConfig()) == ""
+    assert "tag shuffling" in cache_note(LoraConfig(shuffle_tags=True))
+    assert cache_note(LoraConfig(train_text_encoder=True)) == (
+        "Text cache off: the text encoder is trained."
+    )

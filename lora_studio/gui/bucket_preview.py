@@ -1,0 +1,136 @@
+"""Which bucket each image of the dataset trains in, for the caption grid and the browser.
+
+The trainer places images with :func:`lora_studio.training.data.placement_for`; this does
+the same from :mod:`lora_studio.core.buckets` (no torch anywhere near the window) with the
+sizes read from the image headers. Sizes are read once per dataset, on a worker thread;
+placing them again when the resolution or bucket settings change is cheap.
+
+No Qt here: the controller runs :func:`place_images` with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from lora_studio.core.buckets import Bucket, Placement, make_buckets, place, square_placement
+from lora_studio.core.config import LoraConfig
+
+#: What an image's entry is when it has no bucket: why, for the user.
+Unplaced = str
+Size = tuple[int, int]
+
+_EXIF_ORIENTATION = 0x0112
+_MIN_SIDE = 8  # the trainer skips smaller images
+
+
+def bucket_settings(config: LoraConfig) -> tuple[int, bool, int, int, bool]:
+    """The settings that decide buckets: a change in any of them moves images."""
+    return (
+        config.resolution,
+        config.enable_bucket,
+        config.min_bucket_side,
+        config.max_bucket_side,
+        config.bucket_no_upscale,
+    )
+
+
+def read_size(path: Path) -> Size | Unplaced:
+    """Width and height as displayed (EXIF rotation applied), from the header alone; or
+    why the image cannot be used."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except FileNotFoundError:
+        return "The image file is missing."
+    except UnidentifiedImageError:
+        return "Not a readable image."
+    except Exception as exc:  # PIL raises many types for a broken header
+        return f"Not a readable image ({exc})."
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    if width < _MIN_SIDE or height < _MIN_SIDE:
+        return f"Too small to train on ({width}\u00d7{height})."
+    return width, height
+
+
+def place_images(
+    paths: Iterable[Path],
+    sizes: MutableMapping[Path, Size | Unplaced],
+    config: LoraConfig,
+    stop: threading.Event | None = None,
+) -> dict[Path, Placement | Unplaced]:
+    """Each image's placement under ``config``; reads the sizes ``sizes`` lacks (and keeps
+    them there for next time). Returns early, with what it has, once ``stop`` is set."""
+    buckets = (
+        make_buckets(config.resolution, config.min_bucket_side, config.max_bucket_side)
+        if config.enable_bucket
+        else []
+    )
+    placed: dict[Path, Placement | Unplaced] = {}
+    for path in paths:
+        if stop is not None and stop.is_set():
+            break
+        size = sizes.get(path)
+        if size is None:
+            size = sizes[path] = read_size(path)
+        if isinstance(size, str):
+            placed[path] = size
+        elif config.enable_bucket:
+            placed[path] = place(
+                *size, buckets, config.resolution, no_upscale=config.bucket_no_upscale
+            )
+        else:
+            placed[path] = square_placement(*size, config.resolution)
+    return placed
+
+
+def bucket_text(bucket: Bucket) -> str:
+    """``640×384``."""
+    return f"{bucket.width}\u00d7{bucket.height}"
+
+
+def placement_tooltip(placement: Placement | Unplaced, config: LoraConfig | None = None) -> str:
+    """One or two sentences on how an image is trained."""
+    if isinstance(placement, str):
+        return f"Not trained: {placement}"
+    width, height = placement.original
+    scaled_w, scaled_h = placement.scaled
+    bucket = placement.bucket
+    detail = []
+    if placement.scaled != placement.original:
+        detail.append(f"scaled to {scaled_w}\u00d7{scaled_h}")
+    cut = [
+        f"{px} px of {side}"
+        for px, side in ((scaled_w - bucket.width, "width"), (scaled_h - bucket.height, "height"))
+        if px
+    ]
+    if cut:
+        detail.append("cropped by " + " and ".join(cut))
+    how = (": " + ", then ".join(detail)) if detail else ""
+    text = f"Trained at {bucket_text(bucket)} (the image is {width}\u00d7{height}{how})."
+    if config is not None and not config.enable_bucket:
+        text += " Aspect-ratio buckets are off: every image is cropped to a square."
+    return text
+
+
+def bucket_counts(placements: Iterable[Placement | Unplaced]) -> list[tuple[Bucket, int]]:
+    """How many images each bucket holds, the fullest first."""
+    counts = Counter(p.bucket for p in placements if not isinstance(p, str))
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def buckets_summary(placements: Iterable[Placement | Unplaced], limit: int = 4) -> str:
+    """``3 buckets: 256×256 (10) · 320×192 (1) · 192×320 (1)``."""
+    counts = bucket_counts(placements)
+    if not counts:
+        return ""
+    shown = " \u00b7 ".join(f"{bucket_text(b)} ({n})" for b, n in counts[:limit])
+    more = f" \u00b7 {len(counts) - limit} more" if len(counts) > limit else ""
+    word = "bucket" if len(counts) == 1 else "buckets"
+    return f"{len(counts)} {word}: {shown}{more}"
