@@ -553,11 +553,14 @@ class StudioController(QObject):
         self.processes = max(1, int(processes))
 
     def apply_preset(self, key: str) -> bool:
-        """Load preset ``key``'s values, keeping the output name and trigger word."""
+        """Load preset ``key``'s values, keeping what describes the user's concept rather
+        than how to train it: output name, trigger word and sample prompts."""
         current = self.creator.config
         try:
             config = LoraConfig.from_preset(key).replace(
-                name=current.name, trigger_word=current.trigger_word
+                name=current.name,
+                trigger_word=current.trigger_word,
+                sample_prompts=current.sample_prompts,
             )
         except ConfigError as exc:
             self._say(ERROR, str(exc))

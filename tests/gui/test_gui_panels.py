@@ -124,7 +124,11 @@ def test_worker_starter_runs_on_a_qthread_and_joins(qloop):
 
 
 def test_preset_change_loads_values_but_keeps_name_and_trigger(make_window, qloop, papercut):
-    window = make_window(config=fast_config(name="my_style", trigger_word="zxq style"))
+    window = make_window(
+        config=fast_config(
+            name="my_style", trigger_word="zxq style", sample_prompts="[trigger], a fox"
+        )
+    )
     form = window.preset_form
     controller = window.controller
     index = form.preset_box.findData("sdxl")
@@ -134,6 +138,7 @@ def test_preset_change_loads_values_but_keeps_name_and_trigger(make_window, qloo
     assert (config.preset, config.rank, config.resolution, config.epochs) == ("sdxl", 32, 1024, 10)
     assert config.max_steps is None
     assert (config.name, config.trigger_word) == ("my_style", "zxq style")
+    assert config.sample_prompts == "[trigger], a fox"  # the concept's, not the preset's
     assert form.rank_spin.value() == 32 and form.resolution_spin.value() == 1024
     assert form.max_steps_spin.text() == "off (use epochs)"
     assert form.preset_description.text() == PRESETS["sdxl"].description
