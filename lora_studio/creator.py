@@ -134,8 +134,9 @@ class LoraCreator:
     def base_model_ref(self) -> BaseModelRef:
         return resolve_base_model(self.base_model)
 
-    def estimate(self) -> Estimate:
-        """Steps, time and VRAM for the current dataset, config and base model."""
+    def estimate(self, processes: int = 1) -> Estimate:
+        """Steps, time and VRAM for the current dataset, config and base model (on
+        ``processes`` GPUs)."""
         samples = self.dataset.samples_per_epoch(self.config.repeats) if self.dataset else 0
         family, tiny = self.config.family, False
         try:
@@ -144,7 +145,7 @@ class LoraCreator:
             tiny = ref.kind is ModelKind.BUILTIN
         except LoraStudioError:  # an unresolvable model still gets an estimate from the preset
             pass
-        return estimate(samples, self.config, family, tiny=tiny)
+        return estimate(samples, self.config, family, tiny=tiny, processes=processes)
 
     def estimate_training_time(self) -> float:
         """Estimated training time in minutes."""

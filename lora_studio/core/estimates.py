@@ -423,11 +423,19 @@ def estimate(
     family: ModelFamily | None = None,
     *,
     tiny: bool = False,
+    processes: int = 1,
 ) -> Estimate:
-    """Steps, time and VRAM for training ``config`` on ``samples_per_epoch`` samples."""
+    """Steps, time and VRAM for training ``config`` on ``samples_per_epoch`` samples.
+
+    With ``processes`` GPUs (data parallel) each runs ``ceil(batches / processes)`` of an
+    epoch's batches, so a run has that many steps; VRAM is per GPU.
+    """
     fam = family or config.family
     arch = architecture_for(fam, tiny=tiny)
     plan = plan_steps(samples_per_epoch, config)
+    if processes > 1:
+        per_process = -(-plan.batches_per_epoch // processes)
+        plan = plan_steps(samples_per_epoch, config, batches_per_epoch=per_process)
     parts = vram_parts(config, arch)
     return Estimate(
         plan=plan,

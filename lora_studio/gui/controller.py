@@ -551,6 +551,7 @@ class StudioController(QObject):
     def set_processes(self, processes: int) -> None:
         """Train the next run on ``processes`` GPUs (more than one: ``accelerate launch``)."""
         self.processes = max(1, int(processes))
+        self.refresh_estimate()
 
     def apply_preset(self, key: str) -> bool:
         """Load preset ``key``'s values, keeping what describes the user's concept rather
@@ -644,7 +645,7 @@ class StudioController(QObject):
             while self._estimate_dirty:
                 self._estimate_dirty = False
                 # Off the GUI thread: resolving a checkpoint reads its header.
-                estimate: Estimate = await asyncio.to_thread(self.creator.estimate)
+                estimate: Estimate = await asyncio.to_thread(self.creator.estimate, self.processes)
                 if not self._estimate_dirty:
                     self.estimate_changed.emit(estimate)
         finally:

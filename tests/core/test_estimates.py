@@ -61,3 +61,13 @@ def test_tiny_model_estimate_is_for_a_cpu() -> None:
 )
 def test_format_duration(seconds, text) -> None:
     assert format_duration(seconds) == text
+
+
+def test_several_processes_split_the_steps() -> None:
+    config = LoraConfig.fast_preset().replace(epochs=2)
+    one = estimate(12, config, ModelFamily.SD15)
+    two = estimate(12, config, ModelFamily.SD15, processes=2)
+    three = estimate(13, config, ModelFamily.SD15, processes=2)
+    assert (one.plan.total_steps, two.plan.total_steps) == (24, 12)
+    assert three.plan.total_steps == 14  # 13 batches: 7 per process, padded like the trainer
+    assert two.vram_gb == one.vram_gb  # per GPU

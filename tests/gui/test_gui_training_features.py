@@ -142,16 +142,18 @@ def test_advanced_edits_reach_the_config_and_survive_save_and_load(
         await controller.save_config(saved_file)
         form.preset_box.setCurrentIndex(form.preset_box.findData("sdxl"))
         form.preset_box.activated.emit(form.preset_box.currentIndex())
-        # The preset sets what it sets; everything else is back to the defaults.
+        # The preset sets what it sets; everything else is back to the defaults, except
+        # what describes the user's concept (name, trigger word, sample prompts).
         reset = controller.config
         assert (reset.preset, reset.rank, reset.use_dora, reset.conv_rank) == ("sdxl", 32, False, 0)
-        assert reset.sample_prompts == "" and reset.caption_dropout == 0.0
-        assert reset.trigger_word == "papercut style"  # the user's own is kept
+        assert reset.caption_dropout == 0.0
+        assert reset.trigger_word == "papercut style"
+        assert reset.sample_prompts == "[trigger], a fox in the snow"
         assert not form.field("use_dora").isChecked()
         assert form.field("optimizer").currentData() == "adamw"
-        assert form.field("sample_prompts").toPlainText() == ""
+        assert form.field("sample_prompts").toPlainText() == "[trigger], a fox in the snow"
         assert not form.cache_label.isVisible()
-        assert advanced.outer.summary.text() == "as the preset sets them"
+        assert advanced.outer.summary.text().startswith("1 changed")
         changed = signal_future(controller.config_changed)
         controller.load_config(saved_file)
         await changed

@@ -57,9 +57,12 @@ REAL_MODELS = {
         block_out_channels=(320, 640, 1280),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
-        attention_head_dim=(5, 10, 20), use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=256,
+        transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=2048,
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
         projection_class_embeddings_input_dim=2816,
     ),  # fmt: skip
     ModelFamily.SD3: _sd3,
@@ -89,11 +92,22 @@ def test_clip_text_encoder_counts():
 
     targets = list(get_family(ModelFamily.SDXL).text_encoder_target_modules)
     with torch.device("meta"):
-        clip_l = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
-                                              num_hidden_layers=12, num_attention_heads=12))
+        clip_l = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+            )
+        )
         clip_g = CLIPTextModelWithProjection(
-            CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                           num_attention_heads=20, projection_dim=1280)
+            CLIPTextConfig(
+                hidden_size=1280,
+                intermediate_size=5120,
+                num_hidden_layers=32,
+                num_attention_heads=20,
+                projection_dim=1280,
+            )
         )
     sdxl = ARCHITECTURES[ModelFamily.SDXL]
     assert sum(p.numel() for p in clip_l.parameters()) == sdxl.text_encoder_params[0]
@@ -124,8 +138,9 @@ def test_the_trainer_trains_exactly_the_estimated_parameters(
             lines.append(line)
 
     Trainer(
-        TrainingRequest(Dataset.from_directory(small_dataset), config, "builtin:tiny-sd15",
-                        tmp_path / "out"),
+        TrainingRequest(
+            Dataset.from_directory(small_dataset), config, "builtin:tiny-sd15", tmp_path / "out"
+        ),
         Lines(),
     ).train()
     line = next(text for text in lines if "LoRA parameters" in text)

@@ -321,7 +321,9 @@ def test_single_file_without_cached_configs_is_a_clear_error(tmp_path) -> None:
     save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2)}, str(checkpoint))
     ref = resolve_base_model(str(checkpoint))
     assert ref.family is FAMILY.family
-    with pytest.raises(ModelError, match=r"configs \(.*\) in the Hugging Face cache.*huggingface-cli download"):
+    with pytest.raises(
+        ModelError, match=r"configs \(.*\) in the Hugging Face cache.*huggingface-cli download"
+    ):
         FAMILY.load(ref, checkpoint)
 
 
