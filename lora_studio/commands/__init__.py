@@ -1,0 +1,11 @@
+"""CLI subcommands that live in their own modules.
+
+Each module has ``register(subparsers)`` (adds its parser, with ``set_defaults(run=...)``)
+and a ``run(args) -> int``; :mod:`lora_studio.cli` calls ``register`` for every module
+listed in :data:`DATASET_COMMANDS` under ``lora-studio dataset``.
+"""
+
+from __future__ import annotations
+
+#: modules whose commands appear under ``lora-studio dataset``.
+DATASET_COMMANDS: tuple[str, ...] = ()
