@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_studio import __version__
+from lora_studio.commands import DATASET_COMMANDS
 from lora_studio.core.base_model import DEFAULT_BASE_MODEL, ModelKind, resolve_base_model
 from lora_studio.core.config import FIELDS, PRESETS, LoraConfig, ModelFamily, enum_for_field
 from lora_studio.core.dataset import Dataset
@@ -177,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats = dsub.add_parser("stats", help="print dataset statistics")
     stats.add_argument("dataset", help="dataset folder")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
+    for module_name in DATASET_COMMANDS:
+        importlib.import_module(f"lora_studio.commands.{module_name}").register(dsub)
 
     models = sub.add_parser("models", help="base-model tools")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -205,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "estimate":
             return _estimate(args)
         if args.command == "dataset":
-            return _dataset_stats(args)
+            command = getattr(args, "run", None)
+            return command(args) if command else _dataset_stats(args)
         if args.command == "models":
             return _models(args)
     except LoraStudioError as exc:
