@@ -179,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     stats = dsub.add_parser("stats", help="print dataset statistics")
     stats.add_argument("dataset", help="dataset folder")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.add_argument(
+        "--base-model",
+        default=None,
+        help="count caption tokens with this model's tokenizer (builtin:tiny-sd15, a "
+        "diffusers folder, an HF id in the cache, a .safetensors file); its family's "
+        "preset gives the bucket resolution",
+    )
+    stats.add_argument(
+        "--resolution", type=int, default=None, help="bucket distribution at this resolution"
+    )
+    stats.add_argument("--no-buckets", action="store_true", help="square crops instead of buckets")
     for module_name in DATASET_COMMANDS:
         importlib.import_module(f"lora_studio.commands.{module_name}").register(dsub)
 
@@ -268,11 +279,33 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _dataset_stats(args: argparse.Namespace) -> int:
+    from lora_studio.core.stats import dataset_statistics, stats_report
+
     dataset = Dataset.from_directory(args.dataset)
     stats = dataset.stats()
+    counter = None
+    family = None
+    if args.base_model:
+        from lora_studio.training.tokens import caption_token_counter  # transformers, lazily
+
+        family = resolve_base_model(args.base_model).family
+        counter = caption_token_counter(args.base_model)
+    config = LoraConfig.from_preset(_FAMILY_PRESET.get(family, "sd15") if family else "sd15")
+    overrides: dict[str, Any] = {"enable_bucket": not args.no_buckets}
+    if args.resolution:
+        overrides["resolution"] = args.resolution
+    config = config.replace(**overrides)
+    details = dataset_statistics(
+        dataset,
+        config=config,
+        count_tokens=counter,
+        token_limit=counter.limit if counter else None,
+        tokenizer_name=counter.name if counter else None,
+    )
     if args.json:
         data = stats.to_dict()
         data["root"] = str(dataset.root)
+        data["details"] = details.to_dict()
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return EXIT_OK
     print(f"Dataset {dataset.root}")
@@ -289,6 +322,8 @@ def _dataset_stats(args: argparse.Namespace) -> int:
         print("  folders:         " + ", ".join(f"{k} ({v})" for k, v in stats.folders.items()))
     if stats.top_tags:
         print("  top tags:        " + ", ".join(f"{t} ({c})" for t, c in stats.top_tags[:8]))
+    for line in stats_report(details):
+        print(line)
     for problem in stats.problems:
         print(f"  problem:         {problem}")
     return EXIT_OK
