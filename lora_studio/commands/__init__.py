@@ -8,4 +8,9 @@ listed in :data:`DATASET_COMMANDS` under ``lora-studio dataset``.
 from __future__ import annotations
 
 #: modules whose commands appear under ``lora-studio dataset``.
-DATASET_COMMANDS: tuple[str, ...] = ()
+DATASET_COMMANDS: tuple[str, ...] = (
+    "dataset_frames",
+    "dataset_prepare",
+    "dataset_validate",
+    "dataset_export",
+)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtCore import QPointF, QRect, QRectF, Qt
 from PySide6.QtGui import (
     QColor,
     QFont,
@@ -122,3 +122,42 @@ def broken_image_icon(size: int) -> QIcon:
         )
     painter.end()
     return QIcon(pixmap)
+
+
+def badge_color(severity: str | None) -> QColor | None:
+    """The badge colour of a problem's severity: red for errors, amber for warnings."""
+    if severity == "error":
+        return ERROR
+    if severity == "warning":
+        return BADGE_WARNING
+    return None
+
+
+#: Brighter than :data:`WARNING` (a text colour): a badge must stand out on a photo.
+BADGE_WARNING = QColor("#f59e0b")
+
+
+def draw_badge(painter: QPainter, icon_rect: QRect | QRectF, severity: str | None) -> QRectF | None:
+    """Draw a problem badge (a round "!" mark) in the top-right corner of ``icon_rect``.
+
+    Returns the badge's rectangle, or ``None`` when ``severity`` has no badge.
+    """
+    color = badge_color(severity)
+    if color is None or icon_rect.isEmpty():
+        return None
+    rect = QRectF(icon_rect)
+    diameter = max(12.0, min(20.0, rect.width() * 0.2))
+    badge = QRectF(rect.right() - diameter - 1, rect.top() + 1, diameter, diameter)
+    painter.save()
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    painter.setPen(QPen(QColor("white"), 1.5))
+    painter.setBrush(color)
+    painter.drawEllipse(badge)
+    font = QFont()
+    font.setPixelSize(int(diameter * 0.7))
+    font.setBold(True)
+    painter.setFont(font)
+    painter.setPen(QColor("white"))
+    painter.drawText(badge, int(Qt.AlignmentFlag.AlignCenter), "!")
+    painter.restore()
+    return badge

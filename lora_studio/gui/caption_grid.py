@@ -1,7 +1,8 @@
 """The caption editor grid: every image with its caption, editable in place.
 
 A ``QTableView`` over a filter proxy of :class:`~lora_studio.gui.dataset_model.DatasetModel`
-(All / Uncaptioned). Captions are edited with :class:`CaptionDelegate`'s multi-line
+(All / Uncaptioned / Problems: the images with an error or a warning, as badged in the
+browser; the thumbnails here carry the same badge). Captions are edited with :class:`CaptionDelegate`'s multi-line
 editor: Enter commits, Shift+Enter starts a new line, Esc cancels. Missing captions show
 a grey "(no caption)" placeholder; under each file name, :class:`ImageDelegate` writes the
 size the image trains at (its aspect-ratio bucket; the header's tooltip counts them); the
@@ -52,39 +53,55 @@ STATUS_WIDTH, STATUS_MIN = 92, 58
 
 
 class CaptionFilter(QSortFilterProxyModel):
-    """Shows all rows, or only those without a caption."""
+    """Shows all rows, only those without a caption, or only those with a problem."""
 
     ALL = "All"
     UNCAPTIONED = "Uncaptioned"
+    PROBLEMS = "Problems"
+    MODES = (ALL, UNCAPTIONED, PROBLEMS)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._only_uncaptioned = False
+        self._mode = self.ALL
+
+    @property
+    def mode(self) -> str:
+        return self._mode
 
     @property
     def only_uncaptioned(self) -> bool:
-        return self._only_uncaptioned
+        return self._mode == self.UNCAPTIONED
 
     def set_only_uncaptioned(self, value: bool) -> None:
-        if value == self._only_uncaptioned:
+        self.set_mode(self.UNCAPTIONED if value else self.ALL)
+
+    def set_mode(self, mode: str) -> None:
+        """Show :attr:`ALL`, :attr:`UNCAPTIONED` or :attr:`PROBLEMS` rows."""
+        if mode not in self.MODES:
+            raise ValueError(f"unknown filter {mode!r}")
+        if mode == self._mode:
             return
         if hasattr(self, "beginFilterChange"):  # Qt >= 6.10
             self.beginFilterChange()
-            self._only_uncaptioned = value
+            self._mode = mode
             self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
         else:  # pragma: no cover - older Qt
-            self._only_uncaptioned = value
+            self._mode = mode
             self.invalidateRowsFilter()
 
     def filterAcceptsRow(self, source_row: int, source_parent: Index) -> bool:  # noqa: N802
-        if not self._only_uncaptioned:
+        if self._mode == self.ALL:
             return True
         source = self.sourceModel()
         index = source.index(source_row, Column.CAPTION, source_parent)
         # A row whose save is still under way stays, so it does not vanish under the
         # user's cursor mid-edit.
         state = source.data(index, Role.CAPTION_STATE)
-        return not source.data(index, Role.HAS_CAPTION) or state is CaptionState.SAVING
+        if state is CaptionState.SAVING:
+            return True
+        if self._mode == self.PROBLEMS:
+            return bool(source.data(index, Role.SEVERITY))
+        return not source.data(index, Role.HAS_CAPTION)
 
 
 class CaptionEditor(QPlainTextEdit):
@@ -155,6 +172,17 @@ class ImageDelegate(QStyledItemDelegate):
     """The image cell: thumbnail, file name, and under it, muted, the image's bucket."""
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        self._paint_cell(painter, option, index)
+        severity = index.data(Role.SEVERITY)
+        if severity:
+            opt = QStyleOptionViewItem(option)
+            self.initStyleOption(opt, index)
+            widget = opt.widget
+            style = widget.style() if widget is not None else QApplication.style()
+            rect = style.subElementRect(QStyle.SubElement.SE_ItemViewItemDecoration, opt, widget)
+            artwork.draw_badge(painter, rect, severity)
+
+    def _paint_cell(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
         bucket = index.data(Role.BUCKET)
         if not bucket:
             super().paint(painter, option, index)
@@ -210,11 +238,12 @@ class CaptionGrid(QWidget):
 
         title = QLabel("<b>Captions</b>")
         self.filter_box = QComboBox()
-        self.filter_box.addItems([CaptionFilter.ALL, CaptionFilter.UNCAPTIONED])
-        self.filter_box.setToolTip("Show all images, or only those without a caption")
-        self.filter_box.currentTextChanged.connect(
-            lambda text: self.proxy.set_only_uncaptioned(text == CaptionFilter.UNCAPTIONED)
+        self.filter_box.addItems(list(CaptionFilter.MODES))
+        self.filter_box.setToolTip(
+            "Show all images, only those without a caption, or only those with a problem "
+            "(a badge on the thumbnail)"
         )
+        self.filter_box.currentTextChanged.connect(self.proxy.set_mode)
         header = QHBoxLayout()
         header.addWidget(title)
         header.addStretch(1)
@@ -295,6 +324,10 @@ class CaptionGrid(QWidget):
     def _on_section_resized(self, section: int, old: int, new: int) -> None:
         if not self._fitting and section in (Column.IMAGE, Column.STATUS):
             self._fit_columns = False  # the user chose a width: keep it
+
+    def show_problems(self) -> None:
+        """Show only the images with a problem."""
+        self.filter_box.setCurrentText(CaptionFilter.PROBLEMS)
 
     def proxy_index(self, source: QModelIndex) -> QModelIndex:
         return self.proxy.mapFromSource(source)

@@ -6,8 +6,10 @@ folder), the job history (:class:`~lora_studio.core.jobs.JobStore`) and a
 (:mod:`lora_studio.gui.trainer_thread`). It runs on the asyncio loop that qasync puts on
 the Qt event loop, so ``await`` never blocks the window:
 
-* file work (opening a folder, saving a caption, checking images, the job history) goes
-  to worker threads with ``asyncio.to_thread``;
+* file work (opening a folder, saving a caption, the job history) goes to worker threads
+  with ``asyncio.to_thread``; so does validating the dataset
+  (:func:`~lora_studio.core.validate.validate_dataset`), which starts when a folder opens,
+  reports progress, and is stopped when another folder opens;
 * training is ``await creator.train()`` and then an asyncio task that consumes
   ``creator.watch(job_id)`` and re-emits each :class:`Progress` as a Qt signal. One GPU
   (or the CPU) trains in this process; more than one runs an ``accelerate launch`` child
@@ -34,8 +36,9 @@ import os
 import shutil
 import stat
 import threading
+import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,7 +60,6 @@ from lora_studio.core.dataset import (
     Dataset,
     DatasetStats,
     ImageItem,
-    check_image,
     write_caption,
 )
 from lora_studio.core.errors import (
@@ -68,6 +70,7 @@ from lora_studio.core.errors import (
 )
 from lora_studio.core.estimates import Estimate
 from lora_studio.core.jobs import BackendType, Job, JobStatus, JobStore, Progress
+from lora_studio.core.validate import ValidationReport, min_side_for, validate_dataset
 from lora_studio.creator import LoraCreator
 from lora_studio.gui.bucket_preview import bucket_settings, place_images
 from lora_studio.gui.logs import log_file
@@ -185,15 +188,10 @@ def _open_with_stats(folder: Path) -> tuple[Dataset, DatasetStats]:
     return dataset, dataset.stats()
 
 
-def _unreadable_images(images: Iterable[Path], stop: threading.Event) -> dict[Path, str]:
-    bad: dict[Path, str] = {}
-    for path in images:
-        if stop.is_set():
-            break
-        reason = check_image(path)
-        if reason:
-            bad[path] = reason
-    return bad
+def validation_min_side(config: LoraConfig) -> int:
+    """The short side under which the window flags an image: the family's minimum, but
+    never above the training resolution (an image that size is not upscaled)."""
+    return min(min_side_for(config.family), config.resolution)
 
 
 class _WriteBehindJobStore(JobStore):
@@ -231,7 +229,10 @@ class StudioController(QObject):
         dataset_loading(str): a folder is being opened.
         dataset_loaded(Dataset): a dataset is open.
         dataset_failed(str): a folder could not be opened (the old dataset stays open).
-        images_checked(dict[Path, str]): unreadable images of the open dataset, and why.
+        validation_progress(int, int): the open dataset's images checked so far, of all.
+        dataset_validated(ValidationReport): every problem of the open dataset's files.
+        images_checked(dict[Path, str]): unreadable images of the open dataset, and why
+            (sent with ``dataset_validated``).
         caption_saved(Path, str): the caption text was written.
         caption_failed(Path, str, str): the caption text was not written, and why.
         config_changed(LoraConfig): the training settings changed.
@@ -253,6 +254,8 @@ class StudioController(QObject):
     dataset_loading = Signal(str)
     dataset_loaded = Signal(object)
     dataset_failed = Signal(str)
+    validation_progress = Signal(int, int)
+    dataset_validated = Signal(object)
     images_checked = Signal(object)
     caption_saved = Signal(object, str)
     caption_failed = Signal(object, str, str)
@@ -306,6 +309,7 @@ class StudioController(QObject):
         self._items: dict[Path, ImageItem] = {}
         self._dataset_generation = 0
         self._image_check_stop: threading.Event | None = None
+        self.validation: ValidationReport | None = None
         self._caption_pending: dict[Path, str] = {}
         self._caption_items: dict[Path, ImageItem] = {}
         self._caption_tasks: dict[Path, asyncio.Task[None]] = {}
@@ -445,6 +449,7 @@ class StudioController(QObject):
         self.creator.set_dataset(dataset)
         self._items = {item.path: item for item in dataset.images}
         self.placements = {}
+        self.validation = None
         self.dataset_loaded.emit(dataset)
         self._say(
             INFO,
@@ -464,15 +469,38 @@ class StudioController(QObject):
         self.refresh_buckets()
         stop = threading.Event()
         self._image_check_stop = stop
-        self._spawn(self._check_images(dataset, stop), "check the images")
+        self.validation_progress.emit(0, len(dataset))
+        self._spawn(self._validate(dataset, stop), "check the images")
 
-    async def _check_images(self, dataset: Dataset, stop: threading.Event) -> None:
-        bad = await asyncio.to_thread(_unreadable_images, [i.path for i in dataset], stop)
+    async def _validate(self, dataset: Dataset, stop: threading.Event) -> None:
+        """Validate ``dataset`` on worker threads (one core is left to the window)."""
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:  # on the worker thread
+            now = time.monotonic()
+            if done == total or now - last[0] >= 0.25:
+                last[0] = now
+                loop.call_soon_threadsafe(self._validation_progress, dataset, stop, done, total)
+
+        report = await asyncio.to_thread(
+            validate_dataset,
+            dataset,
+            family=self.creator.config.family,
+            min_side=validation_min_side(self.creator.config),
+            progress=progress,
+            should_stop=stop.is_set,
+            workers=max(1, (os.cpu_count() or 2) - 1),
+        )
         if stop.is_set() or dataset is not self.creator.dataset:
             return
+        # Files left out of the dataset (a GIF, ...) are in the report, but not here.
+        bad = {path: why for path, why in report.unreadable().items() if path in self._items}
         for item in dataset.images:
             if item.path in bad:
                 item.problem = bad[item.path]
+        self.validation = report
+        self.dataset_validated.emit(report)
         self.images_checked.emit(bad)
         if bad:
             first_path, first_reason = next(iter(bad.items()))
@@ -482,6 +510,12 @@ class StudioController(QObject):
                 f"{len(bad)} image(s) cannot be read and will be skipped in training: "
                 f"{first_path.name} ({first_reason}){more}.",
             )
+
+    def _validation_progress(
+        self, dataset: Dataset, stop: threading.Event, done: int, total: int
+    ) -> None:
+        if not stop.is_set() and dataset is self.creator.dataset:
+            self.validation_progress.emit(done, total)
 
     # ---- captions ------------------------------------------------------------------------
 

@@ -1,25 +1,75 @@
-"""The dataset browser: a thumbnail grid of the open folder, with counts and problems."""
+"""The dataset browser: a thumbnail grid of the open folder, with counts and problems.
+
+Thumbnails of images with a problem carry a badge (red: an error, the image cannot train;
+amber: a warning) drawn by :class:`BadgeDelegate`; the tooltip says what is wrong. The
+header counts images, captions and problems ("12 images · 10 captioned · 2 problems"); a
+line under it says while the images are being checked; under the grid, the first problems are listed with
+a link that shows all of them in the caption grid (its "Problems" filter).
+"""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize, Qt, Signal
+import html
+
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, Signal
+from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QFrame,
     QHBoxLayout,
     QLabel,
     QListView,
     QPushButton,
     QStackedWidget,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QVBoxLayout,
     QWidget,
 )
 
+from lora_studio.core.formats import BASE_IMAGE_EXTENSIONS
 from lora_studio.gui import artwork
-from lora_studio.gui.dataset_model import Column, DatasetModel
+from lora_studio.gui.dataset_model import Column, DatasetModel, Role
 from lora_studio.gui.elided_label import ElidedLabel
 
 ICON = 116
+SHOWN_PROBLEMS = 3
+_SHOW_ALL_LINK = "show-problems"
+
+
+def counts_text(images: int, captioned: int, problems: int) -> str:
+    """``12 images · 10 captioned · 2 problems`` (no problems: no third part)."""
+    parts = [f"{images} images", f"{captioned} captioned"]
+    if problems:
+        parts.append(f"{problems} problem{'' if problems == 1 else 's'}")
+    return " \u00b7 ".join(parts)
+
+
+class BadgeDelegate(QStyledItemDelegate):
+    """Draws the item as usual, then a problem badge on its thumbnail's corner."""
+
+    def paint(
+        self,
+        painter: QPainter,
+        option: QStyleOptionViewItem,
+        index: QModelIndex | QPersistentModelIndex,
+    ) -> None:
+        super().paint(painter, option, index)
+        severity = index.data(Role.SEVERITY)
+        if severity:
+            artwork.draw_badge(painter, self.icon_rect(option, index), severity)
+
+    def icon_rect(
+        self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
+    ) -> QRect:
+        """Where the thumbnail of ``index`` is drawn within ``option.rect``."""
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        widget = opt.widget
+        style = widget.style() if widget is not None else QApplication.style()
+        return style.subElementRect(QStyle.SubElement.SE_ItemViewItemDecoration, opt, widget)
 
 
 class DatasetBrowser(QWidget):
@@ -28,10 +78,12 @@ class DatasetBrowser(QWidget):
     Signals:
         open_folder_requested(): the user wants to pick a dataset folder.
         open_sample_requested(): the user wants the sample dataset.
+        show_problems_requested(): the user wants to see every image with a problem.
     """
 
     open_folder_requested = Signal()
     open_sample_requested = Signal()
+    show_problems_requested = Signal()
 
     def __init__(self, model: DatasetModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -51,6 +103,13 @@ class DatasetBrowser(QWidget):
         # Elided in the middle: a long path must not make the panel (and window) wider.
         self.folder_label = ElidedLabel(mode=Qt.TextElideMode.ElideMiddle)
         self.folder_label.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        self.checking_label = QLabel()
+        self.checking_label.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        self.checking_label.setToolTip(
+            "Every image is decoded and checked (corrupt, too small, duplicates\u2026) in "
+            "the background; badges appear when it is done."
+        )
+        self.checking_label.hide()
 
         self.view = QListView()
         self.view.setModel(model)
@@ -66,10 +125,14 @@ class DatasetBrowser(QWidget):
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.view.setSpacing(2)
+        self.badges = BadgeDelegate(self.view)
+        self.view.setItemDelegate(self.badges)
 
+        extensions = " ".join(sorted(BASE_IMAGE_EXTENSIONS))
         hint = QLabel(
             "Drop a folder of images here\n\nor use Open folder\u2026 (Ctrl+O)\n\n"
-            "Images: .png .jpg .jpeg .webp .bmp\nCaptions: image.txt beside each image"
+            f"Images: {extensions}\nCaptions: image.txt beside each image, or a "
+            "metadata.jsonl"
         )
         hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         hint.setWordWrap(True)
@@ -91,7 +154,9 @@ class DatasetBrowser(QWidget):
 
         self.problems_label = QLabel()
         self.problems_label.setWordWrap(True)
+        self.problems_label.setTextFormat(Qt.TextFormat.RichText)
         self.problems_label.setStyleSheet(f"color: {artwork.WARNING.name()};")
+        self.problems_label.linkActivated.connect(self._on_link)
         self.problems_label.hide()
 
         layout = QVBoxLayout(self)
@@ -99,6 +164,7 @@ class DatasetBrowser(QWidget):
         layout.addLayout(top)
         layout.addWidget(self.counts_label)
         layout.addWidget(self.folder_label)
+        layout.addWidget(self.checking_label)
         layout.addWidget(self.stack, 1)
         layout.addWidget(self.problems_label)
 
@@ -117,18 +183,35 @@ class DatasetBrowser(QWidget):
             self.folder_label.setText("")
             self.stack.setCurrentWidget(self.empty)
             self.problems_label.hide()
+            self.checking_label.hide()
             return
         total, captioned = self.model.counts()
-        self.counts_label.setText(f"{total} images \u00b7 {captioned} captioned")
+        problems = self.model.problems()
+        self.counts_label.setText(counts_text(total, captioned, len(problems)))
+        checking = self.model.validation_progress
+        if checking is not None:
+            self.checking_label.setText(f"Checking the images\u2026 {checking[0]}/{checking[1]}")
+        self.checking_label.setVisible(checking is not None)
+        self.counts_label.setToolTip(
+            "Problems: images with an error (red badge: it cannot be trained on) or a "
+            "warning (amber badge). Hover a thumbnail for what is wrong."
+        )
         self.folder_label.setText(str(dataset.root))
         self.folder_label.setToolTip(str(dataset.root))
         self.stack.setCurrentWidget(self.view)
-        problems = self.model.problems()
         if problems:
-            shown = "\n".join(f"\u26a0 {line}" for line in problems[:3])
-            more = f"\n\u2026and {len(problems) - 3} more" if len(problems) > 3 else ""
-            self.problems_label.setText(shown + more)
-            self.problems_label.setToolTip("\n".join(problems))
+            lines = [f"\u26a0 {html.escape(line)}" for line in problems[:SHOWN_PROBLEMS]]
+            if len(problems) > SHOWN_PROBLEMS:
+                lines.append(f"\u2026and {len(problems) - SHOWN_PROBLEMS} more")
+            lines.append(
+                f'<a href="{_SHOW_ALL_LINK}">Show the images with problems in the caption grid</a>'
+            )
+            self.problems_label.setText("<br>".join(lines))
+            self.problems_label.setToolTip("\n".join(problems[:50]))
             self.problems_label.show()
         else:
             self.problems_label.hide()
+
+    def _on_link(self, link: str) -> None:
+        if link == _SHOW_ALL_LINK:
+            self.show_problems_requested.emit()

@@ -6,6 +6,13 @@ caption editor grid show this one model. Each image's bucket (the size it is tra
 e.g. ``640×384``, placed off the GUI thread by the controller) is in :attr:`Role.BUCKET`
 and the image's tooltip; the caption grid draws it under the file name.
 
+Each row's problems (:attr:`Role.ISSUES`, worst in :attr:`Role.SEVERITY` and
+:attr:`Role.PROBLEM`) come from the controller's validation report
+(:func:`lora_studio.core.validate.validate_dataset`, run off the GUI thread), from thumbnails
+that failed to decode, and from the caption as it is now: caption issues (missing, empty,
+not UTF-8) are worked out live from the shown text, so writing a caption clears its warning
+at once. Info entries (how an image is converted) are in the tooltip but are no problem.
+
 The model never writes files. Editing a caption records the new text as *pending*, shows
 it, and emits :attr:`DatasetModel.caption_edit_requested`; the controller saves it off the
 GUI thread and answers with :meth:`caption_saved` or :meth:`caption_failed`. A failed save
@@ -32,6 +39,15 @@ from PySide6.QtGui import QBrush, QIcon, QImage, QPixmap
 
 from lora_studio.core.buckets import Placement
 from lora_studio.core.dataset import Dataset, ImageItem
+from lora_studio.core.validate import (
+    CAPTION_CODES,
+    UNREADABLE_CODES,
+    FileReport,
+    Issue,
+    Severity,
+    ValidationReport,
+    caption_issues,
+)
 from lora_studio.gui import artwork
 from lora_studio.gui.bucket_preview import bucket_text, buckets_summary, placement_tooltip
 from lora_studio.gui.thumbnail_loader import THUMBNAIL_SIZE, ThumbnailLoader
@@ -50,6 +66,8 @@ class Role(enum.IntEnum):
     PROBLEM = _USER + 5  #: str | None: what is wrong with the item
     PLACEMENT = _USER + 6  #: Placement | str | None: the image's bucket, or why it has none
     BUCKET = _USER + 7  #: str | None: ``"640×384"``, ``"–"`` (no bucket), None (not known yet)
+    SEVERITY = _USER + 8  #: str | None: ``"error"`` / ``"warning"`` (the badge), None: fine
+    ISSUES = _USER + 9  #: list[Issue]: every finding about the item, worst first
 
 
 class CaptionState(enum.Enum):
@@ -66,6 +84,17 @@ class Column(enum.IntEnum):
 
 
 _HEADERS = {Column.IMAGE: "Image", Column.CAPTION: "Caption", Column.STATUS: "Status"}
+#: The status column's word for an item's worst problem (its tooltip has the message).
+_SHORT = {
+    "missing_caption": "No caption",
+    "empty_caption": "Empty caption",
+    "caption_unreadable": "Caption unreadable",
+    "duplicate": "Duplicate",
+    "near_duplicate": "Near-duplicate",
+    "too_small": "Too small",
+    "extreme_aspect_ratio": "Extreme shape",
+    "too_many_pixels": "Too large",
+}
 _ICON_CACHE_LIMIT = 3000  # QIcons kept in memory; evicted ones come back from the disk cache
 
 
@@ -74,7 +103,8 @@ class DatasetModel(QAbstractTableModel):
 
     Signals:
         caption_edit_requested(path, text): the user changed a caption; save it.
-        counts_changed(): image/caption counts or problems may have changed.
+        counts_changed(): image/caption counts, problems or the validation state may have
+            changed.
     """
 
     caption_edit_requested = Signal(object, str)
@@ -93,6 +123,10 @@ class DatasetModel(QAbstractTableModel):
         self._icons: OrderedDict[Path, QIcon] = OrderedDict()
         self._broken: dict[Path, str] = {}
         self._placements: dict[Path, Placement | str] = {}
+        self._reports: dict[Path, FileReport] = {}
+        self._other_files: list[FileReport] = []
+        self._validation: ValidationReport | None = None
+        self._validation_progress: tuple[int, int] | None = None
         self._thumbnails = thumbnails
         if thumbnails is not None:
             thumbnails.thumbnail_ready.connect(self._on_thumbnail_ready)
@@ -117,6 +151,10 @@ class DatasetModel(QAbstractTableModel):
         self._save_errors.clear()
         self._broken.clear()
         self._placements = {}
+        self._reports = {}
+        self._other_files = []
+        self._validation = None
+        self._validation_progress = None
         # Reopening a folder is how a user refreshes it: thumbnails come back from the
         # disk cache, which notices changed files (keyed by mtime and size).
         self._icons.clear()
@@ -138,13 +176,39 @@ class DatasetModel(QAbstractTableModel):
         return len(self._items), sum(1 for item in self._items if item.has_caption)
 
     def problems(self) -> list[str]:
-        """One line per item with a problem (unreadable image, odd caption encoding...)."""
-        lines = []
-        for item in self._items:
-            problem = self._problem(item)
-            if problem:
-                lines.append(f"{item.name}: {problem}")
-        return lines
+        """One line per file with a problem (an error or a warning), errors first: the
+        images, then files of the folder that are not in the dataset (unsupported formats,
+        an unreadable ``metadata.jsonl``...)."""
+        lines: list[tuple[int, int, str]] = []
+        for row, item in enumerate(self._items):
+            worst = self._worst(item)
+            if worst is not None:
+                lines.append((-worst.severity.rank, row, f"{item.name}: {worst.message}"))
+        for offset, report in enumerate(self._other_files):
+            worst = report.worst
+            if worst is not None:
+                line = f"{report.path.name}: {worst.message}"
+                lines.append((-worst.severity.rank, len(self._items) + offset, line))
+        return [text for _, _, text in sorted(lines)]
+
+    def problem_count(self) -> int:
+        """Files with an error or a warning (see :meth:`problems`)."""
+        return len(self.problems())
+
+    def issues(self, path: Path) -> list[Issue]:
+        """Everything known to be wrong (or worth a note) about image ``path``, worst first."""
+        row = self._rows.get(path)
+        return self._issues(self._items[row]) if row is not None else []
+
+    @property
+    def validation(self) -> ValidationReport | None:
+        """The last validation report of this dataset (``None`` until it is in)."""
+        return self._validation
+
+    @property
+    def validation_progress(self) -> tuple[int, int] | None:
+        """``(done, total)`` while the images are being checked, else ``None``."""
+        return self._validation_progress
 
     def unsaved(self) -> dict[Path, str]:
         """Captions whose save failed: path -> the text the user typed."""
@@ -201,6 +265,21 @@ class DatasetModel(QAbstractTableModel):
             self._states[path] = CaptionState.FAILED
             self._save_errors[path] = message
         self._row_changed(path)
+
+    def set_validation(self, report: ValidationReport) -> None:
+        """The controller's validation report of this dataset (badges, tooltips, counts)."""
+        if self._dataset is None or report.root != self._dataset.root:
+            return  # a report of a dataset no longer shown
+        self._validation = report
+        self._validation_progress = None
+        self._reports = {r.path: r for r in report.files if r.path in self._rows}
+        self._other_files = [r for r in report.files if r.path not in self._rows and r.is_problem]
+        self.refresh()
+
+    def set_validation_progress(self, done: int, total: int) -> None:
+        """The images are being checked: ``done`` of ``total``."""
+        self._validation_progress = (done, total) if done < total else None
+        self.counts_changed.emit()
 
     def mark_unreadable(self, reasons: dict[Path, str]) -> None:
         """Images found unreadable elsewhere (the controller's check): show them as broken."""
@@ -267,6 +346,11 @@ class DatasetModel(QAbstractTableModel):
             return self.caption_state(item.path)
         if role == Role.PROBLEM:
             return self._problem(item)
+        if role == Role.SEVERITY:
+            worst = self._worst(item)
+            return str(worst.severity) if worst is not None else None
+        if role == Role.ISSUES:
+            return self._issues(item)
         if role == Role.PLACEMENT:
             return self._placements.get(item.path)
         if role == Role.BUCKET:
@@ -306,8 +390,31 @@ class DatasetModel(QAbstractTableModel):
         pending = self._pending.get(item.path)
         return pending if pending is not None else (item.caption or "")
 
+    def _issues(self, item: ImageItem) -> list[Issue]:
+        report = self._reports.get(item.path)
+        found = [i for i in report.issues if i.code not in CAPTION_CODES] if report else []
+        broken = self._broken.get(item.path)
+        if broken and not any(i.code in UNREADABLE_CODES for i in found):
+            found.insert(0, Issue(item.path, Severity.ERROR, "corrupt", broken))
+        if not self._unreadable(item):
+            # Worked out from the text shown now: a typed caption clears "missing caption".
+            found.extend(caption_issues(item, self._pending.get(item.path)))
+        found.sort(key=lambda issue: -issue.severity.rank)  # stable: worst first
+        return found
+
+    def _worst(self, item: ImageItem) -> Issue | None:
+        """The worst error or warning of ``item`` (info entries are not problems)."""
+        for issue in self._issues(item):
+            return issue if issue.severity is not Severity.INFO else None
+        return None
+
+    def _unreadable(self, item: ImageItem) -> bool:
+        report = self._reports.get(item.path)
+        return item.path in self._broken or (report is not None and report.unreadable)
+
     def _problem(self, item: ImageItem) -> str | None:
-        return item.problem or self._broken.get(item.path)
+        worst = self._worst(item)
+        return worst.message if worst is not None else None
 
     def _image_data(self, item: ImageItem, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
@@ -315,16 +422,19 @@ class DatasetModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DecorationRole:
             return self._icon(item.path)
         if role == Qt.ItemDataRole.ToolTipRole:
-            problem = self._problem(item)
             lines = [str(item.path)]
             placement = self._placements.get(item.path)
             if placement is not None:
                 lines.append(placement_tooltip(placement))
-            if problem:
-                lines.append(f"\u26a0 {problem}")
+            for issue in self._issues(item):
+                mark = "\u2139" if issue.severity is Severity.INFO else "\u26a0"
+                lines.append(f"{mark} {issue.message}")
             return "\n".join(lines)
-        if role == Qt.ItemDataRole.ForegroundRole and self._problem(item):
-            return QBrush(artwork.WARNING)
+        if role == Qt.ItemDataRole.ForegroundRole:
+            worst = self._worst(item)
+            if worst is not None:
+                error = worst.severity is Severity.ERROR
+                return QBrush(artwork.ERROR if error else artwork.WARNING)
         return None
 
     def _bucket_text(self, item: ImageItem) -> str | None:
@@ -341,8 +451,11 @@ class DatasetModel(QAbstractTableModel):
             error = self._save_errors.get(item.path)
             if error:
                 parts.append(f"Not saved: {error} Edit the caption again to retry.")
-            if item.problem:
-                parts.append(item.problem)
+            parts.extend(
+                issue.message
+                for issue in self._issues(item)
+                if issue.code in CAPTION_CODES and issue.code != "missing_caption"
+            )
             text = self._caption_text(item)
             parts.append(text if text else "No caption yet: double-click to write one.")
             return "\n\n".join(parts)
@@ -356,17 +469,18 @@ class DatasetModel(QAbstractTableModel):
                 return "\u26a0 Not saved"
             if state is CaptionState.SAVING:
                 return "Saving\u2026"
-            if item.path in self._broken:
+            if self._unreadable(item):
                 return "\u26a0 Unreadable"
             if item.caption_encoding != "utf-8":
                 return "\u26a0 Not UTF-8"
-            if problem:
-                return "\u26a0 Problem"
+            worst = self._worst(item)
+            if worst is not None:
+                return "\u26a0 " + _SHORT.get(worst.code, "Problem")
             if state is CaptionState.SAVED:
                 return "Saved \u2713"
             return ""
         if role == Qt.ItemDataRole.ForegroundRole:
-            if state is CaptionState.FAILED:
+            if state is CaptionState.FAILED or self._unreadable(item):
                 return QBrush(artwork.ERROR)
             if state is CaptionState.SAVED and not problem:
                 return QBrush(artwork.SUCCESS)
@@ -377,7 +491,8 @@ class DatasetModel(QAbstractTableModel):
             error = self._save_errors.get(item.path)
             if error:
                 return f"{error}\nYour text is kept here; edit the caption again to retry."
-            return problem or None
+            messages = [i.message for i in self._issues(item) if i.severity is not Severity.INFO]
+            return "\n".join(messages) or None
         return None
 
     def _icon(self, path: Path) -> QIcon:

@@ -52,8 +52,9 @@ from PySide6.QtWidgets import (
 )
 
 from lora_studio.core.config import LoraConfig
-from lora_studio.core.dataset import IMAGE_EXTENSIONS, Dataset
+from lora_studio.core.dataset import Dataset
 from lora_studio.core.estimates import Estimate
+from lora_studio.core.formats import image_extensions
 from lora_studio.core.jobs import Job, Progress
 from lora_studio.gui import artwork
 from lora_studio.gui import settings as app_settings
@@ -80,7 +81,7 @@ def dataset_folder_from_mime(mime: QMimeData) -> Path | None:
         path = Path(url.toLocalFile())
         if path.is_dir():
             return path
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
+        if path.suffix.lower() in image_extensions():
             return path.parent
     return None
 
@@ -255,7 +256,8 @@ class MainWindow(QMainWindow):
         c.dataset_loading.connect(self.browser.set_loading)
         c.dataset_loaded.connect(self._on_dataset_loaded)
         c.dataset_failed.connect(self._on_dataset_failed)
-        c.images_checked.connect(self.dataset_model.mark_unreadable)
+        c.validation_progress.connect(self.dataset_model.set_validation_progress)
+        c.dataset_validated.connect(self.dataset_model.set_validation)
         c.caption_saved.connect(self.dataset_model.caption_saved)
         c.caption_failed.connect(self.dataset_model.caption_failed)
         c.config_changed.connect(self._on_config_changed)
@@ -274,6 +276,7 @@ class MainWindow(QMainWindow):
         self.dataset_model.caption_edit_requested.connect(c.save_caption)
         self.browser.open_folder_requested.connect(self.choose_dataset_folder)
         self.browser.open_sample_requested.connect(self.open_sample_dataset)
+        self.browser.show_problems_requested.connect(self.caption_grid.show_problems)
         self.preset_form.config_edited.connect(c.set_config)
         self.preset_form.preset_selected.connect(c.apply_preset)
         self.preset_form.base_model_edited.connect(c.set_base_model)

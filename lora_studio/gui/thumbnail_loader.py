@@ -5,7 +5,10 @@ Views ask for a thumbnail when a row becomes visible (the dataset model calls
 visible rows), so opening a folder of thousands of images decodes nothing up front.
 Each request runs as a ``QRunnable`` on the loader's own ``QThreadPool``: it looks in the
 disk cache (keyed by path, mtime and size, so an edited image gets a new thumbnail), and
-otherwise decodes with PIL using ``draft()`` (JPEG DCT scaling) and ``thumbnail()``.
+otherwise decodes with PIL using ``draft()`` (JPEG DCT scaling) and ``thumbnail()``, and
+converts it as training does (upright by its EXIF orientation, then
+:func:`lora_studio.core.imaging.to_rgb`: transparency flattened onto white, 16-bit scaled,
+CMYK through its profile), so a thumbnail shows what the LoRA learns from.
 
 Results cross to the GUI thread as ``QImage`` through a queued signal; only the GUI
 thread turns them into ``QPixmap``/``QIcon``. Newer requests run first, so the rows the
@@ -25,31 +28,39 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
 from lora_studio.core.atomic import atomic_write_bytes
+from lora_studio.core.imaging import WHITE, Color, resizable, to_rgb
 from lora_studio.core.paths import thumbnails_cache_dir
 
 log = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 128
 # Bump when the way thumbnails are made changes, so old cache files are not reused.
-_CACHE_REVISION = 1
+# 2: converted as training converts (16-bit greyscale was clipped white, alpha kept).
+_CACHE_REVISION = 2
 
 
 class ThumbnailError(Exception):
     """An image could not be turned into a thumbnail; ``str()`` says why, for the user."""
 
 
-def cache_key(path: Path, size: int) -> str | None:
+def cache_key(path: Path, size: int, background: Color = WHITE) -> str | None:
     """The cache file name of ``path``'s thumbnail, or ``None`` if the file is gone."""
     try:
         st = path.stat()
     except OSError:
         return None
-    text = f"{_CACHE_REVISION}\0{path.resolve()}\0{st.st_mtime_ns}\0{st.st_size}\0{size}"
+    text = (
+        f"{_CACHE_REVISION}\0{path.resolve()}\0{st.st_mtime_ns}\0{st.st_size}\0{size}\0{background}"
+    )
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def make_thumbnail(path: Path, size: int, cache_dir: Path | None) -> QImage:
+def make_thumbnail(
+    path: Path, size: int, cache_dir: Path | None, background: Color = WHITE
+) -> QImage:
     """Load ``path``'s thumbnail from the cache, or decode it and fill the cache.
+
+    Transparent areas are shown on ``background``, as training sees them.
 
     Runs on a worker thread (``QImage`` may be used off the GUI thread; ``QPixmap`` may
     not).
@@ -57,7 +68,7 @@ def make_thumbnail(path: Path, size: int, cache_dir: Path | None) -> QImage:
     Raises:
         ThumbnailError: the image cannot be decoded; the message is for the user.
     """
-    key = cache_key(path, size)
+    key = cache_key(path, size, background)
     if key is None:
         raise ThumbnailError("The image file is missing.")
     cached = cache_dir / key[:2] / f"{key}.png" if cache_dir is not None else None
@@ -66,7 +77,7 @@ def make_thumbnail(path: Path, size: int, cache_dir: Path | None) -> QImage:
         if not image.isNull():
             return image
         log.info("Ignoring an unreadable cached thumbnail %s", cached)
-    png = _decode(path, size)
+    png = _decode(path, size, background)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +92,7 @@ def make_thumbnail(path: Path, size: int, cache_dir: Path | None) -> QImage:
     return image
 
 
-def _decode(path: Path, size: int) -> bytes:
+def _decode(path: Path, size: int, background: Color = WHITE) -> bytes:
     try:
         with Image.open(path) as img:
             # For JPEG, draft() decodes at 1/2, 1/4 or 1/8 scale: much faster for photos.
@@ -89,9 +100,11 @@ def _decode(path: Path, size: int) -> bytes:
             img.load()
             if img.width < 1 or img.height < 1:
                 raise ThumbnailError("The image is empty.")
-            oriented = ImageOps.exif_transpose(img)
-            oriented.thumbnail((size, size), Image.Resampling.LANCZOS)
-            rgba = oriented.convert("RGBA")
+            # Palette and 16-bit images become resizable first; flattening after the
+            # (premultiplied) resize of RGBA is exact and much cheaper.
+            small = resizable(ImageOps.exif_transpose(img))
+            small.thumbnail((size, size), Image.Resampling.LANCZOS)
+            rgb = to_rgb(small, background)
     except ThumbnailError:
         raise
     except FileNotFoundError:
@@ -105,7 +118,7 @@ def _decode(path: Path, size: int) -> bytes:
     except (OSError, ValueError, SyntaxError) as exc:
         raise ThumbnailError(f"The image cannot be decoded ({exc}).") from None
     out = io.BytesIO()
-    rgba.save(out, format="PNG")
+    rgb.save(out, format="PNG")
     return out.getvalue()
 
 
@@ -117,16 +130,19 @@ class _Relay(QObject):
 
 
 class _ThumbnailJob(QRunnable):
-    def __init__(self, path: Path, size: int, cache_dir: Path | None, relay: _Relay) -> None:
+    def __init__(
+        self, path: Path, size: int, cache_dir: Path | None, relay: _Relay, background: Color
+    ) -> None:
         super().__init__()
         self.path = path
         self.size = size
         self.cache_dir = cache_dir
         self.relay = relay
+        self.background = background
 
     def run(self) -> None:
         try:
-            image = make_thumbnail(self.path, self.size, self.cache_dir)
+            image = make_thumbnail(self.path, self.size, self.cache_dir, self.background)
         except ThumbnailError as exc:
             self.relay.failed.emit(self.path, str(exc))
         except Exception as exc:  # a bug; show a placeholder and keep the details
@@ -154,10 +170,12 @@ class ThumbnailLoader(QObject):
         cache_dir: Path | None = None,
         use_cache: bool = True,
         max_threads: int | None = None,
+        background: Color = WHITE,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.size = size
+        self.background = background
         self.cache_dir = (cache_dir or thumbnails_cache_dir()) if use_cache else None
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(max_threads or max(1, min(4, (os.cpu_count() or 2) - 1)))
@@ -176,7 +194,8 @@ class ThumbnailLoader(QObject):
         # Rising priority: the pool starts the most recent request first.
         self._priority = (self._priority + 1) % 2_000_000_000
         self._pool.start(
-            _ThumbnailJob(path, self.size, self.cache_dir, self._relay), self._priority
+            _ThumbnailJob(path, self.size, self.cache_dir, self._relay, self.background),
+            self._priority,
         )
 
     def is_pending(self, path: Path) -> bool:

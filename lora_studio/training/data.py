@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 from lora_studio.core.buckets import Bucket, Placement, make_buckets, place, square_placement
 from lora_studio.core.config import LoraConfig
 from lora_studio.core.dataset import ImageItem, split_tags, training_caption
+from lora_studio.core.imaging import WHITE, Color, to_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -92,19 +93,18 @@ def prepare_items(
     return items
 
 
-def load_pixels(path: Path, placement: Placement) -> torch.Tensor:
-    """The image resized and cropped into its bucket: ``(3, h, w)`` in [-1, 1]."""
+def load_pixels(path: Path, placement: Placement, background: Color = WHITE) -> torch.Tensor:
+    """The image resized and cropped into its bucket: ``(3, h, w)`` in [-1, 1].
+
+    Turned upright by its EXIF orientation and converted by
+    :func:`lora_studio.core.imaging.to_rgb`: transparency flattened onto ``background``
+    (white by default), 16-bit greyscale scaled to 8 bits, CMYK through its ICC profile.
+    """
     import numpy as np
     import torch
 
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(white, rgba).convert("RGB")
-        else:
-            img = img.convert("RGB")
+        img = to_rgb(ImageOps.exif_transpose(img), background)
         if img.size != placement.scaled:
             img = img.resize(placement.scaled, Image.Resampling.LANCZOS)
         bucket = placement.bucket

@@ -67,7 +67,7 @@ def test_folder_without_images_keeps_the_open_dataset(make_window, qloop, paperc
     assert window.message_bar.isVisible() and "No images found" in window.message_bar.text()
     assert window.controller.dataset is not None and window.controller.dataset.root == papercut
     assert window.dataset_model.rowCount() == 12
-    assert window.browser.counts_label.text() == "12 images \u00b7 10 captioned"
+    assert window.browser.counts_label.text() == "12 images \u00b7 10 captioned \u00b7 2 problems"
 
 
 def test_dropping_something_else_says_what_to_drop(make_window, qloop, tmp_path):

@@ -72,9 +72,9 @@ def test_loader_decodes_off_the_gui_thread(qloop, tmp_path: Path, monkeypatch):
 
     original = module._decode
 
-    def spy(path: Path, size: int) -> bytes:
+    def spy(path: Path, size: int, *args: object) -> bytes:
         decoded_on.append(threading.current_thread().name)
-        return original(path, size)
+        return original(path, size, *args)
 
     # A spy around the real decoder, to see which thread it runs on.
     monkeypatch.setattr(module, "_decode", spy)

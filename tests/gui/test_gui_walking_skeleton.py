@@ -59,7 +59,9 @@ def test_drop_edit_caption_train_and_find_the_lora(make_window, qloop, qtbot, pa
         (dataset,) = await loaded
         assert dataset.root == papercut
         assert window.dataset_model.rowCount() == 12
-        assert window.browser.counts_label.text() == "12 images \u00b7 10 captioned"
+        assert (
+            window.browser.counts_label.text() == "12 images \u00b7 10 captioned \u00b7 2 problems"
+        )
 
         saved = signal_future(controller.caption_saved)
         editor = open_caption_editor(window, 0)
@@ -195,7 +197,7 @@ def test_caption_edit_survives_a_restart(make_window, qloop, papercut: Path, gui
     run(qloop, reopen())
     index = second.dataset_model.index(10, Column.CAPTION)
     assert second.dataset_model.data(index) == "papercut style, a quiet harbour"
-    assert second.browser.counts_label.text() == "12 images \u00b7 11 captioned"
+    assert second.browser.counts_label.text() == "12 images \u00b7 11 captioned \u00b7 1 problem"
 
 
 def test_first_start_opens_a_copy_of_the_sample_dataset(make_window, qloop, gui_home: Path):
@@ -214,7 +216,7 @@ def test_first_start_opens_a_copy_of_the_sample_dataset(make_window, qloop, gui_
         await saved
 
     run(qloop, start())
-    assert window.browser.counts_label.text() == "12 images \u00b7 10 captioned"
+    assert window.browser.counts_label.text() == "12 images \u00b7 10 captioned \u00b7 2 problems"
     assert (shipped / "papercut_01.txt").read_bytes() == shipped_caption, "edited the repo copy"
     assert (sample_copy_dir() / "papercut_01.txt").read_text("utf-8") == "mine\n"
     close_window(qloop, window)
