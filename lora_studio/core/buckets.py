@@ -11,8 +11,13 @@ bucket of its own size (rounded down to multiples of 64).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lora_studio.core.config import LoraConfig
 
 STEP = 64
 
@@ -99,4 +104,42 @@ def square_placement(width: int, height: int, resolution: int) -> Placement:
         scaled,
         (scaled[0] - resolution) // 2,
         (scaled[1] - resolution) // 2,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_buckets(resolution: int, min_side: int, max_side: int) -> tuple[Bucket, ...]:
+    return tuple(make_buckets(resolution, min_side, max_side))
+
+
+def placement(
+    width: int,
+    height: int,
+    *,
+    resolution: int,
+    bucketed: bool = True,
+    min_side: int = 256,
+    max_side: int = 2048,
+    no_upscale: bool = False,
+) -> Placement:
+    """A ``width x height`` image's bucket (or centre-cropped square when not
+    ``bucketed``) and how it is scaled and cropped into it."""
+    if not bucketed:
+        return square_placement(width, height, resolution)
+    buckets = _cached_buckets(resolution, min_side, max_side)
+    return place(width, height, list(buckets), resolution, no_upscale=no_upscale)
+
+
+def placement_for(width: int, height: int, config: LoraConfig) -> Placement:
+    """Where training with ``config`` puts a ``width x height`` image. The one placement
+    rule of the app: the trainer, the window's bucket preview, ``dataset prepare`` and the
+    statistics all come here."""
+    return placement(
+        width,
+        height,
+        resolution=config.resolution,
+        bucketed=config.enable_bucket,
+        min_side=config.min_bucket_side,
+        max_side=config.max_bucket_side,
+        no_upscale=config.bucket_no_upscale,
     )

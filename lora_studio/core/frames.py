@@ -72,6 +72,7 @@ from PIL import Image
 
 from lora_studio.core.atomic import atomic_write_bytes, ensure_writable_dir
 from lora_studio.core.errors import ConfigError, DatasetError, OutputError
+from lora_studio.core.imaging import dhash
 
 #: Timeline formats we route to OpenTimelineIO, with the adapter package that reads each
 #: (``opentimelineio-plugins`` installs them all). Suffixes of installed adapters are added.
@@ -402,25 +403,6 @@ def laplacian_variance(gray: np.ndarray) -> float:
         return 0.0
     lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
     return float(lap.var())
-
-
-def dhash(gray: np.ndarray | Image.Image, hash_size: int = 8) -> int:
-    """Difference hash: ``hash_size**2`` bits, each "is this pixel brighter than its right
-    neighbour" on a ``(hash_size + 1) x hash_size`` box-filtered thumbnail of the luma.
-
-    Robust to scaling, compression and small brightness changes; see
-    :func:`hamming_distance` to compare two hashes.
-    """
-    image = gray if isinstance(gray, Image.Image) else Image.fromarray(np.asarray(gray))
-    small = image.convert("L").resize((hash_size + 1, hash_size), Image.Resampling.BOX)
-    pixels = np.asarray(small, dtype=np.int16)
-    bits = (pixels[:, 1:] > pixels[:, :-1]).ravel()
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
-
-
-def hamming_distance(a: int, b: int) -> int:
-    """Number of differing bits of two hashes."""
-    return (a ^ b).bit_count()
 
 
 class _HashIndex:

@@ -74,12 +74,13 @@ import numpy as np
 from PIL import Image
 
 from lora_studio.core.atomic import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from lora_studio.core.buckets import Bucket, Placement, make_buckets, place, square_placement
+from lora_studio.core.buckets import Bucket, Placement, placement
 from lora_studio.core.config import LoraConfig
 from lora_studio.core.dataset import Dataset, ImageItem
 from lora_studio.core.errors import DatasetError, OutputError
 from lora_studio.core.imaging import (
     BLACK,
+    UNUSABLE_SIDE,
     WHITE,
     Color,
     ImageHeader,
@@ -95,7 +96,7 @@ PREPARE_VERSION = "1"
 MANIFEST_NAME = ".lora-studio-prepared.json"
 MANIFEST_FORMAT = 1
 #: Images with a side under this are skipped, as the trainer skips them.
-MIN_SIDE = 8
+MIN_SIDE = UNUSABLE_SIDE
 #: Largest side of the copy saliency is computed on.
 SALIENCY_SIDE = 256
 #: Windows scoring within this fraction of the best count as ties (nearest the centre wins).
@@ -218,36 +219,15 @@ class PrepareOptions:
 
     def placement(self, width: int, height: int) -> Placement:
         """The bucket (or square) of a ``width x height`` image and the trainer's crop."""
-        return _placement(width, height, self)
-
-
-def placement_for_config(width: int, height: int, config: LoraConfig) -> Placement:
-    """Where training with ``config`` puts a ``width x height`` image: the same result as
-    ``lora_studio.training.data.placement_for``, available without torch."""
-    return PrepareOptions.from_config(config).placement(width, height)
-
-
-def _placement(width: int, height: int, options: PrepareOptions) -> Placement:
-    if not options.buckets:
-        return square_placement(width, height, options.resolution)
-    return place(
-        width,
-        height,
-        _buckets(options.resolution, options.min_bucket_side, options.max_bucket_side),
-        options.resolution,
-        no_upscale=options.bucket_no_upscale,
-    )
-
-
-_BUCKET_CACHE: dict[tuple[int, int, int], list[Bucket]] = {}
-
-
-def _buckets(resolution: int, min_side: int, max_side: int) -> list[Bucket]:
-    key = (resolution, min_side, max_side)
-    found = _BUCKET_CACHE.get(key)
-    if found is None:
-        found = _BUCKET_CACHE[key] = make_buckets(resolution, min_side, max_side)
-    return found
+        return placement(
+            width,
+            height,
+            resolution=self.resolution,
+            bucketed=self.buckets,
+            min_side=self.min_bucket_side,
+            max_side=self.max_bucket_side,
+            no_upscale=self.bucket_no_upscale,
+        )
 
 
 # ---- geometry --------------------------------------------------------------------------
@@ -286,7 +266,7 @@ def plan_geometry(width: int, height: int, options: PrepareOptions) -> Geometry:
     In ``smart`` mode the crop is the centre one; :func:`smart_crop_box` moves it once
     the pixels are known.
     """
-    placement = _placement(width, height, options)
+    placement = options.placement(width, height)
     target = (placement.bucket.width, placement.bucket.height)
     bucket = placement.bucket if options.buckets else None
     tw, th = target

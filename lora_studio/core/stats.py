@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_studio.core.buckets import placement_for
 from lora_studio.core.config import LoraConfig
 from lora_studio.core.dataset import Dataset
 from lora_studio.core.imaging import ImageHeader, read_header
-from lora_studio.core.preprocess import MIN_SIDE, placement_for_config
+from lora_studio.core.preprocess import MIN_SIDE
 
 #: Short-side bins of the resolution histogram: ``(lower bound, label)``.
 RESOLUTION_BINS: tuple[tuple[int, str], ...] = (
@@ -277,7 +278,7 @@ def dataset_statistics(
     settings: dict[str, Any] | None = None
     upscaled: int | None = None
     if config is not None:
-        placed = [placement_for_config(h.width, h.height, config) for h in readable]
+        placed = [placement_for(h.width, h.height, config) for h in readable]
         counts = collections.Counter(str(p.bucket) for p in placed)
         buckets = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         upscaled = sum(1 for p in placed if p.scaled[0] > p.original[0])

@@ -64,13 +64,16 @@ from lora_studio.core.dataset import Dataset, ImageItem
 from lora_studio.core.formats import ACCEPTED_FORMATS, unsupported_reason
 from lora_studio.core.imaging import (
     ROTATED_ORIENTATIONS,
+    UNUSABLE_SIDE,
     WHITE,
     Color,
+    hamming,
     has_alpha,
     orientation_of,
     to_rgb,
     undo_orientation,
 )
+from lora_studio.core.imaging import dhash as luma_dhash
 
 
 class Severity(enum.StrEnum):
@@ -99,7 +102,6 @@ MIN_SIDE: dict[ModelFamily, int] = {
 #: Used without a family: the smallest family minimum.
 DEFAULT_MIN_SIDE = min(MIN_SIDE.values())
 #: The trainer skips images with a side under this.
-UNUSABLE_SIDE = 8
 #: Longer side / shorter side above which an image is "extreme".
 MAX_ASPECT_RATIO = 4.0
 #: dHash bits (of 64) that may differ for two images to count as near-duplicates.
@@ -734,21 +736,7 @@ def dhash(
     change few bits.
     """
     turn = orientation_of(image) if orientation is None else orientation
-    grey = undo_orientation(to_rgb(image, background), turn).convert("L")
-    # An exact box filter: reducing_gap's integer pre-reduction shifts cell borders
-    # enough to flip bits between a PNG and a JPEG decoded at 1/8 scale of one picture.
-    small = grey.resize((size + 1, size), Image.Resampling.BOX)
-    pixels = np.asarray(small, dtype=np.int16)
-    bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
-    value = 0
-    for bit in bits:
-        value = (value << 1) | int(bit)
-    return value
-
-
-def hamming(a: int, b: int) -> int:
-    """Bits that differ between two hashes."""
-    return (a ^ b).bit_count()
+    return luma_dhash(undo_orientation(to_rgb(image, background), turn), size)
 
 
 def near_duplicate_groups(hashes: list[int], max_distance: int) -> list[list[int]]:

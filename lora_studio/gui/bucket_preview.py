@@ -1,8 +1,8 @@
 """Which bucket each image of the dataset trains in, for the caption grid and the browser.
 
-The trainer places images with :func:`lora_studio.training.data.placement_for`; this does
-the same from :mod:`lora_studio.core.buckets` (no torch anywhere near the window) with the
-sizes read from the image headers. Sizes are read once per dataset, on a worker thread;
+The trainer, ``dataset prepare`` and this preview all place images with
+:func:`lora_studio.core.buckets.placement_for`, here with the sizes read from the image
+headers. Sizes are read once per dataset, on a worker thread;
 placing them again when the resolution or bucket settings change is cheap.
 
 No Qt here: the controller runs :func:`place_images` with ``asyncio.to_thread``.
@@ -15,17 +15,15 @@ from collections import Counter
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from lora_studio.core.buckets import Bucket, Placement, make_buckets, place, square_placement
+from lora_studio.core.buckets import Bucket, Placement, placement_for
 from lora_studio.core.config import LoraConfig
+from lora_studio.core.imaging import UNUSABLE_SIDE, read_header
 
 #: What an image's entry is when it has no bucket: why, for the user.
 Unplaced = str
 Size = tuple[int, int]
-
-_EXIF_ORIENTATION = 0x0112
-_MIN_SIDE = 8  # the trainer skips smaller images
 
 
 def bucket_settings(config: LoraConfig) -> tuple[int, bool, int, int, bool]:
@@ -43,18 +41,14 @@ def read_size(path: Path) -> Size | Unplaced:
     """Width and height as displayed (EXIF rotation applied), from the header alone; or
     why the image cannot be used."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        width, height = read_header(path).size
     except FileNotFoundError:
         return "The image file is missing."
     except UnidentifiedImageError:
         return "Not a readable image."
     except Exception as exc:  # PIL raises many types for a broken header
         return f"Not a readable image ({exc})."
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    if width < _MIN_SIDE or height < _MIN_SIDE:
+    if width < UNUSABLE_SIDE or height < UNUSABLE_SIDE:
         return f"Too small to train on ({width}\u00d7{height})."
     return width, height
 
@@ -67,11 +61,6 @@ def place_images(
 ) -> dict[Path, Placement | Unplaced]:
     """Each image's placement under ``config``; reads the sizes ``sizes`` lacks (and keeps
     them there for next time). Returns early, with what it has, once ``stop`` is set."""
-    buckets = (
-        make_buckets(config.resolution, config.min_bucket_side, config.max_bucket_side)
-        if config.enable_bucket
-        else []
-    )
     placed: dict[Path, Placement | Unplaced] = {}
     for path in paths:
         if stop is not None and stop.is_set():
@@ -79,14 +68,7 @@ def place_images(
         size = sizes.get(path)
         if size is None:
             size = sizes[path] = read_size(path)
-        if isinstance(size, str):
-            placed[path] = size
-        elif config.enable_bucket:
-            placed[path] = place(
-                *size, buckets, config.resolution, no_upscale=config.bucket_no_upscale
-            )
-        else:
-            placed[path] = square_placement(*size, config.resolution)
+        placed[path] = size if isinstance(size, str) else placement_for(*size, config)
     return placed
 
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
-from lora_studio.core.buckets import Bucket, Placement, make_buckets, place, square_placement
+from lora_studio.core.buckets import Bucket, Placement, placement_for
 from lora_studio.core.config import LoraConfig
 from lora_studio.core.dataset import ImageItem, split_tags, training_caption
-from lora_studio.core.imaging import WHITE, Color, to_rgb
+from lora_studio.core.imaging import UNUSABLE_SIDE, WHITE, Color, read_header, to_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -49,22 +49,6 @@ class TrainItem:
         )
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """Width and height as displayed (EXIF rotation applied), from the header only."""
-    with Image.open(path) as img:
-        width, height = img.size
-        orientation = img.getexif().get(0x0112, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-def placement_for(width: int, height: int, config: LoraConfig) -> Placement:
-    """Where an image goes under ``config`` (a bucket, or a centre-cropped square)."""
-    if not config.enable_bucket:
-        return square_placement(width, height, config.resolution)
-    buckets = make_buckets(config.resolution, config.min_bucket_side, config.max_bucket_side)
-    return place(width, height, buckets, config.resolution, no_upscale=config.bucket_no_upscale)
-
-
 def prepare_items(
     images: Sequence[ImageItem], config: LoraConfig, skip: Callable[[ImageItem, str], None]
 ) -> list[TrainItem]:
@@ -72,14 +56,14 @@ def prepare_items(
     items: list[TrainItem] = []
     for image in images:
         try:
-            width, height = image_size(image.path)
+            width, height = read_header(image.path).size
         except FileNotFoundError:
             skip(image, "Image file is missing.")
             continue
         except Exception as exc:  # PIL raises many types for a broken header
             skip(image, f"Not a readable image ({exc}).")
             continue
-        if width < 8 or height < 8:
+        if width < UNUSABLE_SIDE or height < UNUSABLE_SIDE:
             skip(image, f"Image is too small ({width}x{height}).")
             continue
         items.append(

@@ -36,15 +36,14 @@ from lora_studio.core.frames import (
     FrameProgress,
     FrameSampling,
     clock_label,
-    dhash,
     extract_frames,
-    hamming_distance,
     is_timeline_file,
     laplacian_variance,
     read_timeline_clips,
     safe_stem,
     timecode,
 )
+from lora_studio.core.imaging import dhash, hamming
 
 RAW = {"blur_threshold": 0.0, "dedupe_distance": -1}  # filters off
 
@@ -436,11 +435,9 @@ def test_sharpness_and_hash_measures() -> None:
     gradient[40:90, 30:70] = 255
     image = Image.fromarray(gradient)
     smaller = image.resize((100, 75), Image.Resampling.BILINEAR)
-    assert hamming_distance(dhash(gradient), dhash(image)) == 0
-    assert hamming_distance(dhash(image), dhash(smaller)) <= 4
-    assert (
-        hamming_distance(dhash(image), dhash(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))) > 20
-    )
+    assert hamming(dhash(gradient), dhash(image)) == 0
+    assert hamming(dhash(image), dhash(smaller)) <= 4
+    assert hamming(dhash(image), dhash(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))) > 20
 
 
 def test_names_are_safe_and_say_where_a_frame_came_from() -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lora_studio.core import preprocess
-from lora_studio.core.buckets import make_buckets, place
+from lora_studio.core.buckets import make_buckets, place, placement_for
 from lora_studio.core.config import LoraConfig
 from lora_studio.core.dataset import Dataset
 from lora_studio.core.errors import OutputError
@@ -27,7 +27,6 @@ from lora_studio.core.preprocess import (
     PrepareOptions,
     PrepareProgress,
     best_window,
-    placement_for_config,
     plan_geometry,
     prepare_dataset,
     preview_assignments,
@@ -142,7 +141,7 @@ def test_crop_with_buckets_is_the_trainers_placement(shapes, tmp_path) -> None:
             placement.crop_left,
             placement.crop_top,
         )
-        assert placement_for_config(*SIZES[Path(file.source).name], config) == placement
+        assert placement_for(*SIZES[Path(file.source).name], config) == placement
 
 
 def test_pad_letterboxes_with_the_chosen_colour(tmp_path) -> None:

@@ -16,6 +16,7 @@ from PySide6.QtGui import QDesktopServices
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QPlainTextEdit, QSpinBox
 
+from lora_studio.core.buckets import placement_for
 from lora_studio.core.config import (
     FIELDS,
     LoraConfig,
@@ -30,7 +31,6 @@ from lora_studio.gui.controller import CPU_PROCESSES_ENV
 from lora_studio.gui.dataset_model import Column, Role
 from lora_studio.gui.job_monitor import MonitorState
 from lora_studio.gui.main_window import MainWindow
-from lora_studio.training.data import placement_for
 
 pytestmark = pytest.mark.usefixtures("built_tiny_model")
 

@@ -15,11 +15,12 @@ from image_factory import (
 from PIL import Image
 
 from lora_studio.core.buckets import square_placement
-from lora_studio.training.data import image_size, load_pixels
+from lora_studio.core.imaging import read_header
+from lora_studio.training.data import load_pixels
 
 
 def _pixels(path: Path, side: int = 64, **kwargs):
-    width, height = image_size(path)
+    width, height = read_header(path).size
     return load_pixels(path, square_placement(width, height, side), **kwargs)
 
 
@@ -71,7 +72,7 @@ def test_cmyk_becomes_rgb(tmp_path: Path) -> None:
 
 def test_exif_rotation_is_applied(tmp_path: Path) -> None:
     path = rotated_jpeg(tmp_path / "phone.jpg", (96, 64))
-    assert image_size(path) == (64, 96)
-    width, height = image_size(path)
+    assert read_header(path).size == (64, 96)
+    width, height = read_header(path).size
     pixels = load_pixels(path, square_placement(width, height, 64))
     assert tuple(pixels.shape) == (3, 64, 64)
