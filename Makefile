@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 TEST_ENV := QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 	TOKENIZERS_PARALLELISM=false
 
-.PHONY: run test lint screenshot install clean
+.PHONY: run test bench lint screenshot install clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(TEST_ENV) $(BIN)/lint-imports --no-cache
 	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Speed measurements (not tests: numbers to read and compare, see docs/benchmarks.md).
+bench: $(STAMP)
+	$(TEST_ENV) $(BIN)/python benchmarks/bench_index.py --images 10000
+	$(TEST_ENV) $(BIN)/python benchmarks/bench_prepare.py --images 60
+	$(TEST_ENV) $(BIN)/python benchmarks/bench_estimates.py --steps 16
 
 lint: $(STAMP)
 	$(BIN)/ruff check lora_studio tests scripts

@@ -23,7 +23,7 @@ reference GPU (an RTX 4090-class card).
 
 The parameter counts are the published model sizes; the activation and step-time
 coefficients are calibrated and their measured error is in ``docs/estimates.md``
-(``scripts/measure_estimates.py`` reproduces the CPU measurements of the tiny model).
+(``benchmarks/bench_estimates.py`` reproduces the CPU measurements of the tiny model).
 """
 
 from __future__ import annotations

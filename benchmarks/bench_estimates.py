@@ -1,6 +1,6 @@
 """Measure real training runs and compare them with LoRA Studio's estimates.
 
-    python scripts/measure_estimates.py [--steps 20] [--model builtin:tiny-sd15]
+    python benchmarks/bench_estimates.py [--steps 20] [--model builtin:tiny-sd15]
 
 On a CPU it trains the tiny built-in model at a few settings; with CUDA it also records
 the peak GPU memory (``torch.cuda.max_memory_allocated``) and compares it with
