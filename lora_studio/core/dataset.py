@@ -52,13 +52,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
 from lora_studio.core.atomic import atomic_write_text
 from lora_studio.core.errors import CaptionError, DatasetError, OutputError
 from lora_studio.core.formats import BASE_IMAGE_EXTENSIONS, image_extensions, unsupported_reason
+
+if TYPE_CHECKING:
+    from lora_studio.core.stats import DatasetStatistics
 
 #: Image extensions every install reads (see :func:`lora_studio.core.formats.image_extensions`
 #: for the full set, which adds HEIC/AVIF when their plugins are registered).
@@ -607,6 +610,15 @@ class Dataset:
             if item.caption:
                 counter.update(split_tags(item.caption))
         return {folder: dict(counter) for folder, counter in result.items()}
+
+    def statistics(self, **options: Any) -> DatasetStatistics:
+        """The full statistics (:func:`lora_studio.core.stats.dataset_statistics`): size,
+        aspect and bucket histograms from the image headers, caption tokens when given a
+        ``count_tokens`` function, tag frequency. Reads every header: call it off the GUI
+        thread for a big dataset."""
+        from lora_studio.core.stats import dataset_statistics  # stats imports this module
+
+        return dataset_statistics(self, **options)
 
     def stats(self) -> DatasetStats:
         """Counts, caption lengths, tag frequency and problems (images are not decoded)."""

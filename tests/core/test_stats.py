@@ -163,3 +163,18 @@ def test_to_dict_is_json_and_the_report_reads_well(dataset) -> None:
     assert "2 captions exceed 2 tokens" in text
     assert "cats/broken.png" in text
     assert "1 images are smaller than their bucket" in text
+
+
+def test_dataset_statistics_method_is_the_same_as_the_function(tmp_path) -> None:
+    from lora_studio.core.dataset import Dataset
+    from lora_studio.core.stats import dataset_statistics
+
+    folder = tmp_path / "few"
+    folder.mkdir()
+    from PIL import Image
+
+    for i, size in enumerate([(64, 32), (32, 64), (48, 48)]):
+        Image.new("RGB", size, (i * 50, 0, 0)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"tag {i}, shared", encoding="utf-8")
+    dataset = Dataset.from_directory(folder)
+    assert dataset.statistics().to_dict() == dataset_statistics(dataset).to_dict()
