@@ -80,6 +80,13 @@ class TrainingBackend(Protocol):
         """Estimated cost in US dollars (0 for local runs, ``None`` if unknown)."""
         ...
 
+    async def reattach(self, job: Job) -> None:
+        """Follow ``job`` again after the app restarted (its ``remote_id`` says which
+        remote run it is); afterwards ``progress``/``watch``/``cancel`` work as for a job
+        submitted in this session. Backends whose runs cannot outlive the app raise
+        :class:`BackendError` saying so."""
+        ...
+
 
 def create_backend(config: BackendConfig) -> TrainingBackend:
     """The backend for ``config.backend_type``."""

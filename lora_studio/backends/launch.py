@@ -185,6 +185,12 @@ class LaunchBackend:
     async def estimate_cost(self, request: TrainingRequest) -> float | None:
         return 0.0
 
+    async def reattach(self, job: Job) -> None:
+        raise BackendError(
+            f"The multi-GPU run {job.name} ended when the app closed; resume it from its last "
+            f"checkpoint instead."
+        )
+
     def _run(self, job: Job) -> _Process:
         try:
             return self._runs[job.id]

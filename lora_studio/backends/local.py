@@ -177,6 +177,12 @@ class LocalBackend:
     async def estimate_cost(self, request: TrainingRequest) -> float | None:
         return 0.0
 
+    async def reattach(self, job: Job) -> None:
+        raise BackendError(
+            f"The local run {job.name} ended when the app closed; resume it from its last "
+            f"checkpoint instead."
+        )
+
     # ---- extras the GUI uses -------------------------------------------------------------
 
     def subscribe(self, job: Job, listener: Listener) -> Callable[[], None]:
