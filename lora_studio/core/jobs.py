@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,47 @@ MAX_HISTORY = 1000
 LOG_TAIL = 200
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything needed to start a job again (retry, or after a restart): plain values.
+
+    ``backend_options`` hold what the backend needs besides the request (server URL,
+    trainer, destination, checkpoint, GPU count...) but never a token: tokens come from
+    the keyring or the environment when the job runs.
+    """
+
+    dataset_dir: str
+    config: dict[str, Any]
+    base_model: str
+    output_dir: str
+    backend: BackendType = BackendType.LOCAL
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    resume_from: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset_dir": self.dataset_dir,
+            "config": self.config,
+            "base_model": self.base_model,
+            "output_dir": self.output_dir,
+            "backend": self.backend.value,
+            "backend_options": self.backend_options,
+            "resume_from": self.resume_from,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(
+            dataset_dir=str(data["dataset_dir"]),
+            config=dict(data["config"]),
+            base_model=str(data["base_model"]),
+            output_dir=str(data["output_dir"]),
+            backend=BackendType(data.get("backend", "local")),
+            backend_options=dict(data.get("backend_options") or {}),
+            resume_from=data.get("resume_from"),
+        )
+
+
 @dataclass
 class Job:
     """One training run on some backend."""
@@ -126,13 +168,32 @@ class Job:
     output_path: str | None = None
     error: str | None = None
     remote_id: str | None = None
+    spec: JobSpec | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    estimated_cost: float | None = None
+    cost: float | None = None
+    position: int = 0
+    batch_id: str | None = None
+    message: str = ""
 
     @staticmethod
     def new_id() -> str:
         return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
 
 
-_SCHEMA = """
+@dataclass(frozen=True)
+class JobEvent:
+    """A status change of a job, with when it happened."""
+
+    at: float
+    status: JobStatus
+    message: str = ""
+
+
+SCHEMA_VERSION = 2
+
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     backend TEXT NOT NULL,
@@ -150,6 +211,39 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 """
+_MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: the job's spec (to retry and reattach), times, cost, queue order, batches;
+    # status transitions, logs and the loss series in their own tables.
+    2: """
+ALTER TABLE jobs ADD COLUMN spec TEXT;
+ALTER TABLE jobs ADD COLUMN started_at REAL;
+ALTER TABLE jobs ADD COLUMN finished_at REAL;
+ALTER TABLE jobs ADD COLUMN estimated_cost REAL;
+ALTER TABLE jobs ADD COLUMN cost REAL;
+ALTER TABLE jobs ADD COLUMN position INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN batch_id TEXT;
+ALTER TABLE jobs ADD COLUMN message TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    status TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events(job_id, at);
+CREATE TABLE IF NOT EXISTS job_logs (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS job_losses (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    loss REAL NOT NULL,
+    PRIMARY KEY (job_id, step)
+);
+""",
+}
 _COLUMNS = (
     "id",
     "backend",
@@ -164,13 +258,24 @@ _COLUMNS = (
     "output_path",
     "error",
     "remote_id",
+    "spec",
+    "started_at",
+    "finished_at",
+    "estimated_cost",
+    "cost",
+    "position",
+    "batch_id",
+    "message",
 )
 
 
 class JobStore:
-    """Job history in an SQLite file (``":memory:"`` for a throw-away store).
+    """Job history in an SQLite file (``":memory:"`` for a throw-away store): each job's
+    spec, status transitions with times, log lines, loss series, output and cost.
 
-    Safe to call from several threads: one connection, guarded by a lock.
+    Safe to call from several threads: one connection, guarded by a lock. WAL journaling
+    lets another process (``lora-studio jobs list`` while the app runs) read at the same
+    time. Older files are migrated in place (``PRAGMA user_version``).
     """
 
     def __init__(self, path: str | Path = ":memory:") -> None:
@@ -181,14 +286,21 @@ class JobStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
         with self._lock, self._db:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA_V1)
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0]) or 1
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                self._db.executescript(_MIGRATIONS[target])
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
+    # ---- jobs ------------------------------------------------------------------------
+
     def save(self, job: Job) -> None:
-        """Insert or update ``job``."""
+        """Insert or update ``job`` (a status change is also recorded as an event)."""
         job.updated_at = time.time()
         row = (
             job.id,
@@ -204,13 +316,31 @@ class JobStore:
             job.output_path,
             job.error,
             job.remote_id,
+            json.dumps(job.spec.to_dict()) if job.spec else None,
+            job.started_at,
+            job.finished_at,
+            job.estimated_cost,
+            job.cost,
+            job.position,
+            job.batch_id,
+            job.message,
         )
         placeholders = ", ".join("?" for _ in _COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
         with self._lock, self._db:
+            previous = self._db.execute(
+                "SELECT status FROM jobs WHERE id = ?", (job.id,)
+            ).fetchone()
             self._db.execute(
-                f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+                f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+                f"ON CONFLICT(id) DO UPDATE SET {updates}",
                 row,
             )
+            if previous is None or previous[0] != job.status.value:
+                self._db.execute(
+                    "INSERT INTO job_events (job_id, at, status, message) VALUES (?, ?, ?, ?)",
+                    (job.id, job.updated_at, job.status.value, job.error or job.message or ""),
+                )
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -220,15 +350,125 @@ class JobStore:
             row = cur.fetchone()
         return _row_to_job(row) if row else None
 
-    def list(self, limit: int = 100) -> list[Job]:
-        """Most recent first."""
+    def find(self, prefix: str) -> list[Job]:
+        """Jobs whose id starts with ``prefix`` (so the CLI can take a short id)."""
         with self._lock:
             cur = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created_at DESC LIMIT ?",
-                (limit,),
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id LIKE ? ESCAPE '\\' "
+                f"ORDER BY created_at DESC",
+                (prefix.replace("%", "\\%").replace("_", "\\_") + "%",),
             )
             rows = cur.fetchall()
         return [_row_to_job(r) for r in rows]
+
+    def list(self, limit: int = 100, statuses: Iterable[JobStatus] | None = None) -> list[Job]:
+        """Most recent first (optionally only jobs in ``statuses``)."""
+        query = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+        args: list[Any] = []
+        if statuses is not None:
+            wanted = [s.value for s in statuses]
+            query += f" WHERE status IN ({', '.join('?' for _ in wanted)})"
+            args += wanted
+        query += " ORDER BY created_at DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def unfinished(self) -> list[Job]:
+        """Jobs not yet succeeded, failed or cancelled, in queue order."""
+        open_statuses = [s for s in JobStatus if not s.is_finished]
+        jobs = self.list(limit=10_000, statuses=open_statuses)
+        return sorted(jobs, key=lambda j: (j.position, j.created_at))
+
+    def delete(self, job_id: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # ---- history -----------------------------------------------------------------------
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, status, message FROM job_events WHERE job_id = ? ORDER BY at, rowid",
+                (job_id,),
+            ).fetchall()
+        return [JobEvent(at, JobStatus(status), message) for at, status, message in rows]
+
+    def append_logs(self, job_id: str, lines: Iterable[str]) -> None:
+        new = list(lines)
+        if not new:
+            return
+        with self._lock, self._db:
+            (last,) = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM job_logs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            self._db.executemany(
+                "INSERT INTO job_logs (job_id, seq, line) VALUES (?, ?, ?)",
+                [(job_id, last + i, line) for i, line in enumerate(new, start=1)],
+            )
+
+    def logs(self, job_id: str, tail: int | None = None) -> list[str]:
+        with self._lock:
+            if tail is None:
+                rows = self._db.execute(
+                    "SELECT line FROM job_logs WHERE job_id = ? ORDER BY seq", (job_id,)
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT line FROM (SELECT seq, line FROM job_logs WHERE job_id = ? "
+                    "ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                    (job_id, tail),
+                ).fetchall()
+        return [line for (line,) in rows]
+
+    def record_losses(self, job_id: str, points: Iterable[tuple[int, float]]) -> None:
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO job_losses (job_id, step, loss) VALUES (?, ?, ?)",
+                [(job_id, int(step), float(loss)) for step, loss in points],
+            )
+
+    def losses(self, job_id: str) -> list[tuple[int, float]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT step, loss FROM job_losses WHERE job_id = ? ORDER BY step", (job_id,)
+            ).fetchall()
+        return [(int(step), float(loss)) for step, loss in rows]
+
+
+class ProgressRecorder:
+    """Writes what each :class:`Progress` adds (log lines, the step's loss, status and
+    output) to a :class:`JobStore`, so the history shows the run as it went."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._seen: dict[str, set[str]] = {}
+        self._last_step: dict[str, int] = {}
+
+    def record(self, job: Job, progress: Progress) -> None:
+        seen = self._seen.setdefault(job.id, set())
+        new_lines = [line for line in progress.log_tail if line not in seen]
+        seen.update(new_lines)
+        self.store.append_logs(job.id, new_lines)
+        if progress.loss is not None and progress.step > self._last_step.get(job.id, 0):
+            self._last_step[job.id] = progress.step
+            self.store.record_losses(job.id, [(progress.step, progress.loss)])
+        changed = job.status is not progress.status
+        job.status = progress.status
+        job.message = progress.message
+        if progress.status is JobStatus.RUNNING and job.started_at is None:
+            job.started_at = time.time()
+        if progress.is_finished():
+            job.finished_at = job.finished_at or time.time()
+            job.output_path = progress.output_path or job.output_path
+            job.error = progress.error
+        if changed or progress.is_finished():
+            self.store.save(job)
+
+    def forget(self, job_id: str) -> None:
+        self._seen.pop(job_id, None)
+        self._last_step.pop(job_id, None)
 
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
@@ -236,4 +476,7 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
     data["backend"] = BackendType(data["backend"])
     data["status"] = JobStatus(data["status"])
     data["config"] = json.loads(data["config"] or "{}")
+    data["spec"] = JobSpec.from_dict(json.loads(data["spec"])) if data["spec"] else None
+    data["position"] = int(data["position"] or 0)
+    data["message"] = data["message"] or ""
     return Job(**data)

@@ -56,3 +56,94 @@ def test_progress_fraction_and_finish() -> None:
     done = p.evolve(status=JobStatus.SUCCEEDED)
     assert done.fraction == 1.0 and done.is_finished()
     assert JobStatus.CANCELLED.is_finished and not JobStatus.SAVING.is_finished
+
+
+def test_old_history_files_are_migrated_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(db) as conn:  # a version-1 file, as the first release wrote it
+        conn.executescript(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, backend TEXT NOT NULL, name TEXT NOT NULL,"
+            " base_model TEXT NOT NULL, output_dir TEXT NOT NULL, dataset_dir TEXT NOT NULL"
+            " DEFAULT '', status TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT"
+            " NULL, config TEXT NOT NULL DEFAULT '{}', output_path TEXT, error TEXT,"
+            " remote_id TEXT);"
+            "INSERT INTO jobs VALUES ('old1', 'local', 'old', 'builtin:tiny-sd15', '/o', '',"
+            " 'succeeded', 1.0, 2.0, '{\"rank\": 8}', '/o/old.safetensors', NULL, NULL);"
+        )
+    store = JobStore(db)
+    old = store.get("old1")
+    assert old is not None and old.status is JobStatus.SUCCEEDED and old.config == {"rank": 8}
+    assert old.spec is None and old.cost is None and old.position == 0
+    store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_history_keeps_spec_transitions_logs_losses_and_cost(tmp_path: Path) -> None:
+    from lora_studio.core.jobs import JobSpec, ProgressRecorder
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    spec = JobSpec(
+        dataset_dir="/data",
+        config={"rank": 4},
+        base_model="builtin:tiny-sd15",
+        output_dir="/out",
+        backend=BackendType.REPLICATE,
+        backend_options={"destination": "me/lora", "trainer": "ostris/flux-dev-lora-trainer"},
+    )
+    job = _job("remote")
+    job.backend, job.spec, job.estimated_cost = BackendType.REPLICATE, spec, 0.42
+    store.save(job)
+    recorder = ProgressRecorder(store)
+    steps = [
+        Progress(status=JobStatus.PREPARING, message="Uploading", log_tail=("a",)),
+        Progress(status=JobStatus.RUNNING, step=1, total_steps=3, loss=0.5, log_tail=("a", "b")),
+        Progress(status=JobStatus.RUNNING, step=2, total_steps=3, loss=0.4, log_tail=("b", "c")),
+        Progress(status=JobStatus.RUNNING, step=2, total_steps=3, loss=0.4, log_tail=("b", "c")),
+        Progress(
+            status=JobStatus.SUCCEEDED,
+            step=3,
+            total_steps=3,
+            loss=0.3,
+            log_tail=("c", "d"),
+            output_path="/out/remote.safetensors",
+        ),
+    ]
+    for progress in steps:
+        recorder.record(job, progress)
+    job.cost = 0.37
+    store.save(job)
+
+    again = JobStore(tmp_path / "jobs.sqlite3").get(job.id)
+    assert again is not None
+    assert again.spec == spec and again.estimated_cost == 0.42 and again.cost == 0.37
+    assert again.output_path == "/out/remote.safetensors"
+    assert again.started_at is not None and again.finished_at is not None
+    assert [e.status for e in store.events(job.id)] == [
+        JobStatus.QUEUED,
+        JobStatus.PREPARING,
+        JobStatus.RUNNING,
+        JobStatus.SUCCEEDED,
+    ]
+    assert store.logs(job.id) == ["a", "b", "c", "d"]
+    assert store.logs(job.id, tail=2) == ["c", "d"]
+    assert store.losses(job.id) == [(1, 0.5), (2, 0.4), (3, 0.3)]
+
+
+def test_unfinished_jobs_come_in_queue_order_and_short_ids_find_them() -> None:
+    store = JobStore()
+    jobs = [_job(f"q{i}") for i in range(3)]
+    jobs[0].position, jobs[1].position, jobs[2].position = 2, 0, 1
+    jobs[2].status = JobStatus.RUNNING
+    done = _job("done")
+    done.status = JobStatus.FAILED
+    for job in [*jobs, done]:
+        store.save(job)
+    assert [j.name for j in store.unfinished()] == ["q1", "q2", "q0"]
+    assert [j.id for j in store.find(jobs[0].id[:-2])] == [jobs[0].id]
+    assert store.find("no-such") == []
+    assert store.find("%") == []  # LIKE wildcards are taken literally
+    store.delete(done.id)
+    assert store.get(done.id) is None and store.events(done.id) == []
