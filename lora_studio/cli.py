@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_studio import __version__
-from lora_studio.commands import DATASET_COMMANDS
+from lora_studio.commands import DATASET_COMMANDS, TOP_LEVEL_COMMANDS
 from lora_studio.core.base_model import DEFAULT_BASE_MODEL, ModelKind, resolve_base_model
 from lora_studio.core.config import FIELDS, PRESETS, LoraConfig, ModelFamily, enum_for_field
 from lora_studio.core.dataset import Dataset
@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
 
+    for module_name in TOP_LEVEL_COMMANDS:
+        importlib.import_module(f"lora_studio.commands.{module_name}").register_top_level(sub)
+
     dataset = sub.add_parser("dataset", help="dataset tools")
     dsub = dataset.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     stats = dsub.add_parser("stats", help="print dataset statistics")
@@ -219,9 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "estimate":
             return _estimate(args)
+        command = getattr(args, "run", None)
+        if command is not None:  # commands registered from lora_studio.commands
+            return int(command(args))
         if args.command == "dataset":
-            command = getattr(args, "run", None)
-            return command(args) if command else _dataset_stats(args)
+            return _dataset_stats(args)
         if args.command == "models":
             return _models(args)
     except LoraStudioError as exc:

@@ -1,0 +1,49 @@
+"""The backend a :class:`~lora_studio.core.jobs.JobSpec` asks for.
+
+``backend_options`` by backend (never tokens: those come from the keyring or the
+environment):
+
+* ``local``: ``num_processes`` (more than 1: ``accelerate launch`` on that many GPUs);
+* ``comfyui``: ``url``, ``checkpoint``;
+* ``replicate``: ``url`` (API base), ``trainer`` (``owner/name``), ``trainer_version``,
+  ``destination`` (``owner/name``), ``hardware``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lora_studio.backends.base import BackendConfig, TrainingBackend
+from lora_studio.core.errors import BackendError
+from lora_studio.core.jobs import BackendType, JobSpec
+
+
+def backend_for_spec(spec: JobSpec) -> TrainingBackend:
+    """A new backend object for ``spec`` (remote ones re-attach by ``remote_id``)."""
+    options = dict(spec.backend_options)
+    config = BackendConfig(spec.backend, Path(spec.output_dir), api_url=options.get("url"))
+    if spec.backend is BackendType.LOCAL:
+        processes = int(options.get("num_processes", 1))
+        if processes > 1:
+            from lora_studio.backends.launch import LaunchBackend
+
+            return LaunchBackend(config, num_processes=processes)
+        from lora_studio.backends.local import LocalBackend
+
+        return LocalBackend(config)
+    if spec.backend is BackendType.COMFYUI:
+        from lora_studio.backends.comfyui import ComfyUIBackend
+
+        if not config.api_url:
+            raise BackendError("A ComfyUI job needs the server's URL.")
+        return ComfyUIBackend(config, checkpoint=options.get("checkpoint"))
+    if spec.backend is BackendType.REPLICATE:
+        from lora_studio.backends.replicate import ReplicateBackend
+
+        kwargs = {
+            key: options[key]
+            for key in ("trainer", "trainer_version", "destination", "hardware")
+            if options.get(key)
+        }
+        return ReplicateBackend(config, **kwargs)
+    raise BackendError(f"Unknown backend {spec.backend}.")
