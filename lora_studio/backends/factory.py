@@ -5,7 +5,7 @@ environment):
 
 * ``local``: ``num_processes`` (more than 1: ``accelerate launch`` on that many GPUs);
 * ``comfyui``: ``url``, ``checkpoint``;
-* ``replicate``: ``url`` (API base), ``trainer`` (``owner/name``), ``trainer_version``,
+* ``replicate``: ``url`` or ``api_url`` (API base), ``trainer`` (``owner/name``), ``trainer_version``,
   ``destination`` (``owner/name``), ``hardware``.
 """
 
@@ -21,7 +21,8 @@ from lora_studio.core.jobs import BackendType, JobSpec
 def backend_for_spec(spec: JobSpec) -> TrainingBackend:
     """A new backend object for ``spec`` (remote ones re-attach by ``remote_id``)."""
     options = dict(spec.backend_options)
-    config = BackendConfig(spec.backend, Path(spec.output_dir), api_url=options.get("url"))
+    url = options.get("url") or options.get("api_url")
+    config = BackendConfig(spec.backend, Path(spec.output_dir), api_url=url)
     if spec.backend is BackendType.LOCAL:
         processes = int(options.get("num_processes", 1))
         if processes > 1:
