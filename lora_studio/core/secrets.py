@@ -37,6 +37,8 @@ class TokenSource:
 HUGGINGFACE = TokenSource("huggingface", "HF_TOKEN", "Hugging Face")
 REPLICATE = TokenSource("replicate", "REPLICATE_API_TOKEN", "Replicate")
 OPENAI = TokenSource("openai", "OPENAI_API_KEY", "OpenAI-compatible server")
+#: Optional: a ComfyUI behind an authenticating proxy (sent as ``Authorization: Bearer``).
+COMFYUI = TokenSource("comfyui", "COMFYUI_API_TOKEN", "ComfyUI server")
 
 
 def get_token(source: TokenSource, explicit: str | None = None) -> str | None:
