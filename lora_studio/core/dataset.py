@@ -268,6 +268,25 @@ def write_caption(item: ImageItem, text: str) -> ImageItem:
     return item
 
 
+def read_item_caption(item: ImageItem) -> str | None:
+    """``item``'s caption as it is on disk now (its sidecar, or its ``metadata.jsonl``
+    row); ``None`` when it has none. Unlike ``item.caption`` this sees edits made since
+    the folder was opened (by the user, another program or another window).
+
+    Raises:
+        DatasetError: the caption file exists but cannot be read.
+    """
+    if item.metadata is not None:
+        table = _read_metadata(item.metadata.file)
+        hit = table.rows.get(os.path.normcase(os.path.normpath(item.path)))
+        if hit is None:
+            return None
+        row, column = hit
+        return _caption_value(row, column)
+    text, _encoding = read_caption(item.caption_path)
+    return text
+
+
 def _keep_original(target: Path) -> None:
     backup = target.with_name(target.name + ".orig")
     if not backup.exists():
