@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 import uuid
@@ -360,10 +361,11 @@ class JobQueue:
         finally:
             self._running.pop(job.id, None)
             self._recorder.forget(job.id)
-        cost = getattr(running.backend, "actual_cost", None)
-        if callable(cost):
+        actual_cost = getattr(running.backend, "actual_cost", None)
+        if callable(actual_cost):
             with contextlib.suppress(LoraStudioError):
-                job.cost = await cost(running.backend_job)
+                cost = actual_cost(running.backend_job)
+                job.cost = await cost if inspect.isawaitable(cost) else cost
                 self.store.save(job)
         if final is None or not final.is_finished():
             job.status = JobStatus.FAILED
