@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ from lora_studio.core.config import FIELDS, PRESETS, LoraConfig, ModelFamily, en
 from lora_studio.core.dataset import Dataset
 from lora_studio.core.errors import ConfigError, LoraStudioError
 from lora_studio.core.estimates import format_duration
-from lora_studio.core.jobs import JobStatus, Progress
+from lora_studio.core.jobs import BackendType, JobSpec, JobStatus, JobStore, Progress
+from lora_studio.core.paths import default_output_dir, job_db_path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -164,6 +166,37 @@ def build_parser() -> argparse.ArgumentParser:
             )
             cmd.add_argument(
                 "--quiet", "-q", action="store_true", help="print only the output path"
+            )
+            remote = cmd.add_argument_group("where to train")
+            remote.add_argument(
+                "--backend",
+                choices=[b.value for b in BackendType],
+                default="local",
+                help="this machine (default), a ComfyUI server, or Replicate",
+            )
+            remote.add_argument(
+                "--backend-url", help="ComfyUI server URL, or another Replicate API base"
+            )
+            remote.add_argument(
+                "--gpus", type=int, default=1, help="local GPUs (more than 1: accelerate launch)"
+            )
+            remote.add_argument("--checkpoint", help="ComfyUI: the server's checkpoint to train on")
+            remote.add_argument(
+                "--trainer", help="Replicate trainer, owner/name (default the Flux LoRA trainer)"
+            )
+            remote.add_argument("--trainer-version", help="Replicate trainer version id")
+            remote.add_argument("--destination", help="Replicate model to create: owner/name")
+            remote.add_argument("--hardware", help="Replicate hardware for the cost estimate")
+            remote.add_argument(
+                "--poll-interval",
+                type=float,
+                metavar="S",
+                help="remote: seconds between status checks (Replicate 2, ComfyUI 2)",
+            )
+            remote.add_argument(
+                "--estimate-only",
+                action="store_true",
+                help="print the time (and, on Replicate, the cost) and exit without training",
             )
             cmd.add_argument(
                 "--progress-json",
@@ -356,17 +389,59 @@ def _models(args: argparse.Namespace) -> int:
 # ---- train ---------------------------------------------------------------------------
 
 
+def _backend_spec(args: argparse.Namespace, config: LoraConfig, output: Path) -> JobSpec:
+    backend = BackendType(args.backend)
+    options: dict[str, Any] = {}
+    if args.backend_url:
+        options["url"] = args.backend_url
+    if backend is BackendType.LOCAL and args.gpus > 1:
+        options["num_processes"] = args.gpus
+    names = ("checkpoint", "trainer", "trainer_version", "destination", "hardware", "poll_interval")
+    for name in names:
+        if getattr(args, name, None):
+            options[name] = getattr(args, name)
+    return JobSpec(
+        dataset_dir=str(args.dataset),
+        config=config.to_dict(),
+        base_model=args.base_model,
+        output_dir=str(output),
+        backend=backend,
+        backend_options=options,
+    )
+
+
+def _remote_family(args: argparse.Namespace) -> ModelFamily | None:
+    """The family a remote trainer trains (the base model is on the server)."""
+    if args.backend == BackendType.REPLICATE.value:
+        trainer = (args.trainer or "ostris/flux-dev-lora-trainer").lower()
+        return ModelFamily.SDXL if "sdxl" in trainer else ModelFamily.FLUX
+    return None
+
+
 def _train(args: argparse.Namespace) -> int:
+    from lora_studio.backends.factory import backend_for_spec
     from lora_studio.creator import LoraCreator
 
-    family, _tiny = _family_of(args.base_model)
+    remote = args.backend != BackendType.LOCAL.value
+    if remote:
+        family, _tiny = _remote_family(args), False
+    else:
+        family, _tiny = _family_of(args.base_model)
     config = config_from_args(args, family)
-    creator = LoraCreator(args.base_model, args.output).with_config(config)
+    output = args.output or default_output_dir()
+    # Under `accelerate launch` every process runs this command; only the first speaks
+    # (and records the job in the history).
+    main_process = os.environ.get("RANK", "0") == "0"
+    store = JobStore(job_db_path()) if main_process else None
+    creator = LoraCreator(args.base_model, output, job_store=store).with_config(config)
     creator.load_dataset(args.dataset)
+    spec = _backend_spec(args, config, output)
+    if remote or args.gpus > 1:
+        creator.with_backend(backend_for_spec(spec))
     if args.save_config:
         config.save(args.save_config)
-    # Under `accelerate launch` every process runs this command; only the first speaks.
-    main_process = os.environ.get("RANK", "0") == "0"
+    if args.estimate_only:
+        return asyncio.run(_estimate_only(creator))
     return asyncio.run(
         _train_async(
             creator,
@@ -376,6 +451,22 @@ def _train(args: argparse.Namespace) -> int:
             print_result=main_process,
         )
     )
+
+
+async def _estimate_only(creator: Any) -> int:
+    request = creator.build_request()
+    backend = creator.backend
+    describe = getattr(backend, "cost_estimate", None)
+    if callable(describe):
+        estimate = describe(request)
+        print(estimate.describe() if estimate is not None else "cost: unknown for this hardware")
+        return EXIT_OK
+    est = creator.estimate()
+    cost = await backend.estimate_cost(request) if backend is not None else 0.0
+    print(f"steps:  {est.plan.total_steps}")
+    print(f"time:   about {format_duration(est.seconds)} on {est.hardware}")
+    print(f"cost:   ${cost or 0.0:.2f}")
+    return EXIT_OK
 
 
 async def _train_async(
@@ -422,8 +513,11 @@ async def _train_async(
         display.close()
     assert final is not None
     if final.status is JobStatus.SUCCEEDED:
-        if print_result and not json_lines and final.output_path:
-            print(final.output_path)
+        output = final.output_path
+        if not output:  # a remote run: fetch the LoRA
+            output = str(await creator.download_weights(job.id))
+        if print_result and not json_lines and output:
+            print(output)
         return EXIT_OK
     if final.status is JobStatus.CANCELLED:
         if final.output_path:
@@ -438,6 +532,10 @@ async def _train_async(
     return EXIT_ERROR
 
 
+#: seconds between step lines when the output is not a terminal
+PLAIN_STEP_EVERY_S = 10.0
+
+
 class _ProgressDisplay:
     """A rich progress bar on a terminal; plain log lines otherwise (CI, pipes)."""
 
@@ -445,6 +543,7 @@ class _ProgressDisplay:
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self._seen_lines: set[str] = set()
+        self._last_step, self._last_step_at = 0, 0.0
         self._bar: Any = None
         self._task: Any = None
         if self.tty and not quiet:
@@ -494,6 +593,22 @@ class _ProgressDisplay:
         else:
             for line in new_lines:
                 print(line, file=sys.stderr, flush=True)
+            self._plain_step(progress, new_lines)
+
+    def _plain_step(self, progress: Progress, new_lines: list[str]) -> None:
+        """Without a terminal, a step line every few seconds (and at the last step) unless
+        the run's own log lines already say where it is."""
+        step, total = progress.step, progress.total_steps
+        if not total or step == self._last_step:
+            return
+        marker = f"{step}/{total}"
+        now = time.monotonic()
+        due = step >= total or now - self._last_step_at >= PLAIN_STEP_EVERY_S
+        if due and not any(marker in line for line in new_lines):
+            loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
+            print(f"step {marker}{loss}", file=sys.stderr, flush=True)
+            self._last_step_at = now
+        self._last_step = step
 
     def close(self) -> None:
         if self._bar is not None:

@@ -4,14 +4,15 @@
 environment):
 
 * ``local``: ``num_processes`` (more than 1: ``accelerate launch`` on that many GPUs);
-* ``comfyui``: ``url``, ``checkpoint``;
+* ``comfyui``: ``url``, ``checkpoint``, ``poll_interval``;
 * ``replicate``: ``url`` or ``api_url`` (API base), ``trainer`` (``owner/name``), ``trainer_version``,
-  ``destination`` (``owner/name``), ``hardware``.
+  ``destination`` (``owner/name``), ``hardware``, ``poll_interval``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lora_studio.backends.base import BackendConfig, TrainingBackend
 from lora_studio.core.errors import BackendError
@@ -37,14 +38,19 @@ def backend_for_spec(spec: JobSpec) -> TrainingBackend:
 
         if not config.api_url:
             raise BackendError("A ComfyUI job needs the server's URL.")
-        return ComfyUIBackend(config, checkpoint=options.get("checkpoint"))
+        comfy_options: dict[str, Any] = {"checkpoint": options.get("checkpoint")}
+        if options.get("poll_interval"):
+            comfy_options["poll_interval_s"] = float(options["poll_interval"])
+        return ComfyUIBackend(config, **comfy_options)
     if spec.backend is BackendType.REPLICATE:
         from lora_studio.backends.replicate import ReplicateBackend
 
-        kwargs = {
+        kwargs: dict[str, Any] = {
             key: options[key]
             for key in ("trainer", "trainer_version", "destination", "hardware")
             if options.get(key)
         }
+        if options.get("poll_interval"):
+            kwargs["poll_interval"] = float(options["poll_interval"])
         return ReplicateBackend(config, **kwargs)
     raise BackendError(f"Unknown backend {spec.backend}.")
