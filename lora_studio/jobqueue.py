@@ -123,8 +123,9 @@ class JobQueue:
 
     async def stop(self) -> None:
         """Stop scheduling and following (remote runs go on; the next start re-attaches
-        them)."""
-        tasks = [r.task for r in self._running.values() if r.task is not None]
+        them), and close the backends' HTTP clients."""
+        running = list(self._running.values())
+        tasks = [r.task for r in running if r.task is not None]
         if self._scheduler is not None:
             tasks.append(self._scheduler)
             self._scheduler = None
@@ -134,6 +135,8 @@ class JobQueue:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._running.clear()
+        for backend in {id(r.backend): r.backend for r in running}.values():
+            await _close(backend)
 
     def add_listener(self, listener: UpdateListener) -> Callable[[], None]:
         """``listener(job, progress)`` on every update of any job (on the event loop)."""
@@ -301,6 +304,8 @@ class JobQueue:
             for job in self.store.unfinished():
                 if job.status is not JobStatus.QUEUED or job.id in self._running:
                     continue
+                if job.spec is None:  # recorded by another host (the window's local run)
+                    continue
                 local = job.backend is BackendType.LOCAL
                 busy = sum(
                     1
@@ -314,6 +319,7 @@ class JobQueue:
     async def _launch(self, job: Job) -> None:
         spec = job.spec
         assert spec is not None
+        backend: TrainingBackend | None = None
         try:
             backend = self.make_backend(spec)
             dataset = await asyncio.to_thread(Dataset.from_directory, spec.dataset_dir)
@@ -331,6 +337,8 @@ class JobQueue:
             self.store.save(job)
             self._notify(job, Progress(status=JobStatus.FAILED, error=str(exc)))
             self._done(job.id)
+            if backend is not None:
+                await _close(backend)
             return
         job.remote_id = backend_job.remote_id
         job.status = JobStatus.PREPARING
@@ -346,7 +354,10 @@ class JobQueue:
     async def _watch(self, job: Job, running: _Running) -> None:
         final: Progress | None = None
         try:
-            async for progress in running.backend.watch(running.backend_job):
+            async for update in running.backend.watch(running.backend_job):
+                progress = update
+                if _needs_download(job, progress):
+                    progress = await self._download(job, running, progress)
                 final = progress
                 running.latest = progress
                 if running.backend_job.remote_id and not job.remote_id:
@@ -372,5 +383,42 @@ class JobQueue:
             job.error = "The backend stopped reporting before the run finished."
             job.finished_at = time.time()
             self.store.save(job)
+        if not any(r.backend is running.backend for r in self._running.values()):
+            await _close(running.backend)
         self._done(job.id)
         self._wake.set()
+
+    async def _download(self, job: Job, running: _Running, progress: Progress) -> Progress:
+        """Fetch a remote run's LoRA into its output folder before reporting success."""
+        fetching = progress.evolve(status=JobStatus.SAVING, message="Downloading the LoRA\u2026")
+        running.latest = fetching
+        self._notify(job, fetching)
+        try:
+            path = await running.backend.download_weights(running.backend_job)
+        except LoraStudioError as exc:
+            log.warning("Could not download the LoRA of %s: %s", job.name, exc)
+            return progress.evolve(
+                message="Trained, but the LoRA was not downloaded",
+                error=f"The run succeeded, but its LoRA could not be downloaded: {exc}",
+            )
+        return progress.evolve(output_path=str(path), message="Downloaded the LoRA")
+
+
+def _needs_download(job: Job, progress: Progress) -> bool:
+    """A remote run that succeeded without its LoRA on this machine yet."""
+    return (
+        job.backend is not BackendType.LOCAL
+        and progress.status is JobStatus.SUCCEEDED
+        and not progress.output_path
+    )
+
+
+async def _close(backend: TrainingBackend) -> None:
+    """Close a backend's HTTP client (backends without one have no ``aclose``)."""
+    aclose = getattr(backend, "aclose", None)
+    if not callable(aclose):
+        return
+    try:
+        await aclose()
+    except Exception:  # closing must not hide what the caller was doing
+        log.warning("Could not close the %s backend cleanly", backend.kind.value, exc_info=True)
