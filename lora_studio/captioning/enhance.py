@@ -15,23 +15,29 @@ Errors are those of :mod:`lora_studio.captioning.base`.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
 
-from lora_studio.captioning.base import BadResponse, CaptionerError
+from lora_studio.captioning.base import BadResponse, Caption, CaptionerError
 from lora_studio.captioning.openai_chat import (
     DEFAULT_OPENAI_MODEL,
     DEFAULT_OPENAI_URL,
     OpenAIChatClient,
 )
 from lora_studio.captioning.postprocess import (
+    CaptionMode,
     normalize_commas,
     put_trigger_first,
     strip_llm_chatter,
 )
+from lora_studio.captioning.runner import CaptionRun, ProgressCallback, ResultSink, RunOptions
+from lora_studio.core.dataset import Dataset, ImageItem
 
 
 class RewriteStyle(enum.StrEnum):
@@ -183,3 +189,95 @@ class CaptionEnhancer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+# ---- over a dataset -----------------------------------------------------------------------
+
+#: The provider name proposals made by :class:`EnhanceRun` carry.
+ENHANCE_PROVIDER = "enhance"
+
+
+class EnhanceRun(CaptionRun):
+    """Rewrite the captions of a dataset with a :class:`CaptionEnhancer`, as a batch run.
+
+    Everything :class:`~lora_studio.captioning.runner.CaptionRun` does holds (concurrency,
+    time-outs, retries with ``Retry-After``, cancel, progress, one failure never stops the
+    others, results as proposals or written with ``write=True`` sinks); only the input
+    differs: each image's caption as it is on disk now instead of its pixels. Images with
+    no caption are skipped. The options' mode is always ``overwrite`` (the rewrite
+    replaces the caption), and its post-processing (trigger word first, clean-up, length
+    limits) applies to the rewritten caption.
+
+    Args:
+        enhancer: the text LLM client; the run does not close it.
+        style: a :class:`RewriteStyle`, unless ``instruction`` replaces it.
+        instruction: your own instruction for the model.
+        The rest: as :class:`~lora_studio.captioning.runner.CaptionRun`.
+    """
+
+    def __init__(
+        self,
+        enhancer: CaptionEnhancer,
+        dataset: Dataset,
+        options: RunOptions | None = None,
+        *,
+        style: RewriteStyle | str = RewriteStyle.SENTENCE,
+        instruction: str | None = None,
+        paths: Iterable[str | os.PathLike[str]] | None = None,
+        sink: ResultSink | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        options = dataclasses.replace(options or RunOptions(), mode=CaptionMode.OVERWRITE)
+        super().__init__(
+            _EnhancerAsProvider(enhancer),
+            dataset,
+            options,
+            paths=paths,
+            sink=sink,
+            on_progress=on_progress,
+        )
+        self.enhancer = enhancer
+        self.style = RewriteStyle(style)
+        self.instruction = instruction
+
+    def _skip_reason(self, previous: str | None) -> str | None:
+        return None if (previous or "").strip() else "has no caption to rewrite"
+
+    async def _load_input(self, item: ImageItem, previous: str | None) -> Any:
+        return previous or ""
+
+    async def _ask(self, images: Sequence[Any]) -> list[Caption]:
+        trigger = self.options.postprocess.trigger_word or None
+        captions = []
+        for previous in images:
+            started = time.monotonic()
+            text = await self.enhancer.rewrite(
+                str(previous), self.style, trigger_word=trigger, instruction=self.instruction
+            )
+            captions.append(
+                Caption(
+                    text,
+                    ENHANCE_PROVIDER,
+                    self.enhancer.model,
+                    elapsed_s=time.monotonic() - started,
+                    prompt=self.instruction or str(self.style),
+                )
+            )
+        return captions
+
+
+class _EnhancerAsProvider:
+    """What :class:`CaptionRun` reads from a provider (name, model, concurrency)."""
+
+    name = ENHANCE_PROVIDER
+    default_concurrency = 4
+
+    def __init__(self, enhancer: CaptionEnhancer) -> None:
+        self.enhancer = enhancer
+        self.model = enhancer.model
+
+    async def caption(self, image: Any, prompt: str | None = None) -> Caption:
+        raise NotImplementedError("EnhanceRun asks the enhancer itself")
+
+    async def aclose(self) -> None:
+        await self.enhancer.aclose()

@@ -585,8 +585,9 @@ class CaptionRun:
 
     async def _run(self) -> None:
         for item in self._items:
-            if self.mode is CaptionMode.FILL and item.has_caption:
-                self._record(self._result(item, ResultStatus.SKIPPED, error="has a caption"))
+            reason = self._skip_reason(item.caption if item.has_caption else None)
+            if reason:
+                self._record(self._result(item, ResultStatus.SKIPPED, error=reason))
             else:
                 self._todo.append(item)
         self._total = len(self._todo)
@@ -653,16 +654,15 @@ class CaptionRun:
             except DatasetError as exc:
                 await self._finish_image(self._result(item, ResultStatus.FAILED, error=str(exc)))
                 continue
-            if self.mode is CaptionMode.FILL and (previous or "").strip():
+            reason = self._skip_reason(previous)
+            if reason:
                 self._total -= 1
                 await self._finish_image(
-                    self._result(
-                        item, ResultStatus.SKIPPED, previous=previous, error="has a caption"
-                    )
+                    self._result(item, ResultStatus.SKIPPED, previous=previous, error=reason)
                 )
                 continue
             try:
-                image = await asyncio.to_thread(load_image, item.path, self._max_side())
+                image = await self._load_input(item, previous)
             except ImageUnreadable as exc:
                 await self._finish_image(
                     self._result(item, ResultStatus.FAILED, previous=previous, error=str(exc))
@@ -713,11 +713,27 @@ class CaptionRun:
         for (item, previous, _), caption in zip(ready, captions, strict=True):
             await self._finish_image(self._captioned(item, previous, caption, attempts))
 
+    # ---- what subclasses change (see lora_studio.captioning.enhance) ----------------------
+
+    def _skip_reason(self, previous: str | None) -> str | None:
+        """Why an image with caption ``previous`` is left alone (``None``: caption it)."""
+        if self.mode is CaptionMode.FILL and (previous or "").strip():
+            return "has a caption"
+        return None
+
+    async def _load_input(self, item: ImageItem, previous: str | None) -> Any:
+        """What the captioner is given for ``item``: the decoded, downscaled image.
+
+        Raises:
+            ImageUnreadable: the image cannot be read.
+        """
+        return await asyncio.to_thread(load_image, item.path, self._max_side())
+
     def _max_side(self) -> int | None:
         side = getattr(self.provider, "max_side", None)
         return int(side) if side else None
 
-    async def _with_retries(self, images: Sequence[Image.Image]) -> tuple[list[Caption], int]:
+    async def _with_retries(self, images: Sequence[Any]) -> tuple[list[Caption], int]:
         opts = self.options
         attempt = 0
         while True:
@@ -737,16 +753,19 @@ class CaptionRun:
             log.info("Retrying in %.2f s after: %s", delay, error)
             await asyncio.sleep(max(0.0, delay))
 
-    async def _attempt(self, images: Sequence[Image.Image]) -> list[Caption]:
+    async def _ask(self, images: Sequence[Any]) -> list[Caption]:
+        """The captioner's captions for ``images`` (what :meth:`_load_input` made)."""
         prompt = self.options.prompt or None
+        batch_call = getattr(self.provider, "caption_batch", None)
+        if callable(batch_call) and len(images) > 1:
+            return list(await batch_call(images, prompt))
+        return [await self.provider.caption(image, prompt) for image in images]
+
+    async def _attempt(self, images: Sequence[Any]) -> list[Caption]:
         timeout = self.options.timeout_s
         try:
             async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
-                batch_call = getattr(self.provider, "caption_batch", None)
-                if callable(batch_call) and len(images) > 1:
-                    captions = list(await batch_call(images, prompt))
-                else:
-                    captions = [await self.provider.caption(image, prompt) for image in images]
+                captions = await self._ask(images)
         except TimeoutError:
             raise CaptionTimeout(
                 f"{getattr(self.provider, 'name', 'The captioner')} gave no caption within "

@@ -4,6 +4,8 @@
         [--prompt P] [--mode fill|overwrite|append] [--trigger WORD] [--yes]
         [--concurrency N] [--timeout S] [--retries N] [--token-env VAR] [--json] ...
     lora-studio caption review DIR [--accept all|PATH...] [--reject all|PATH...] [--force]
+    lora-studio caption enhance DIR --url U --model M [--style sentence|tags|polish]
+        [--instruction TEXT] [--trigger WORD] [--yes]
     lora-studio caption set-token [--provider hf-api|openai] [--delete]
     lora-studio caption make-tiny-model DIR --kind blip|blip2
 
@@ -17,6 +19,10 @@ Progress is a bar on a terminal and one line per image otherwise (both on stderr
 images that failed are listed with why. ``--json`` prints the report on stdout.
 ``set-token`` reads the token from the terminal (or one line of stdin) and keeps it in
 the OS keyring, never in a file.
+
+``enhance`` rewrites the existing captions with a text LLM on an OpenAI-compatible server
+(tags into a sentence, a sentence into tags, or a polish; or your own instruction), trigger
+word first; the rewrites are proposals too, reviewed the same way.
 
 Exit codes: 0 every image captioned; 1 an error (one ``lora-studio: error:`` line), also
 when some images failed or proposals were left as conflicts; 130 stopped with Ctrl+C
@@ -42,7 +48,8 @@ from lora_studio.core.errors import ConfigError
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
 PROVIDER_KINDS = ("blip", "blip2", "hf-api", "openai", "ollama")
-ACTIONS = ("review", "set-token", "make-tiny-model")
+ACTIONS = ("review", "enhance", "set-token", "make-tiny-model")
+STYLES = ("sentence", "tags", "polish")
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +66,17 @@ def register_top_level(subparsers: Any) -> None:
             "  lora-studio caption DIR --provider P [options]\n"
             "  lora-studio caption review DIR [--accept all|PATH...] [--reject all|PATH...]"
             " [--force]\n"
+            "  lora-studio caption enhance DIR --url U --model M [--style sentence|tags|polish]"
+            " [--yes]\n"
             "  lora-studio caption set-token [--provider hf-api|openai] [--delete]\n"
             "  lora-studio caption make-tiny-model DIR --kind blip|blip2"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "target", metavar="DIR", help="dataset folder (or review / set-token / make-tiny-model)"
+        "target",
+        metavar="DIR",
+        help="dataset folder (or review / enhance / set-token / make-tiny-model)",
     )
     parser.add_argument("rest", nargs="*", metavar="ARG", help=argparse.SUPPRESS)
 
@@ -150,6 +161,18 @@ def register_top_level(subparsers: Any) -> None:
         "--force", action="store_true", help="accept even captions edited since the proposal"
     )
 
+    enhance = parser.add_argument_group("enhance (lora-studio caption enhance DIR ...)")
+    enhance.add_argument(
+        "--style",
+        choices=STYLES,
+        default="sentence",
+        help="sentence: tags into one sentence (default); tags: a sentence into tags; "
+        "polish: fix grammar and filler, keep the form",
+    )
+    enhance.add_argument(
+        "--instruction", metavar="TEXT", help="your own instruction for the model instead"
+    )
+
     other = parser.add_argument_group("set-token, make-tiny-model")
     other.add_argument("--delete", action="store_true", help="set-token: forget the stored token")
     other.add_argument(
@@ -167,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     if args.target == "review":
         return _review(args, _one_dir(args, "review"))
+    if args.target == "enhance":
+        return _enhance(args, _one_dir(args, "enhance"))
     if args.target == "set-token":
         if args.rest:
             raise ConfigError("set-token takes no folder.")
@@ -189,9 +214,10 @@ def _one_dir(args: argparse.Namespace, action: str) -> str:
 
 def _caption(args: argparse.Namespace) -> int:
     from lora_studio.captioning.credentials import SOURCES, find_token
-    from lora_studio.captioning.postprocess import CaptionMode, PostProcessOptions
-    from lora_studio.captioning.registry import create_provider, provider_spec
-    from lora_studio.captioning.runner import CaptionRun, RunOptions, StoreSink
+    from lora_studio.captioning.postprocess import CaptionMode
+    from lora_studio.captioning.registry import provider_spec
+    from lora_studio.captioning.request import CaptionRequest
+    from lora_studio.captioning.runner import CaptionRun, StoreSink
     from lora_studio.core.proposals import ProposalStore
 
     if not args.provider:
@@ -237,18 +263,61 @@ def _caption(args: argparse.Namespace) -> int:
                     else " (set HF_TOKEN or run `lora-studio caption set-token`)"
                 )
             )
-    provider = create_provider(
+    request = CaptionRequest(
         args.provider,
         model=args.model,
         url=args.url,
-        token=token,
         prompt=args.prompt,
+        mode=CaptionMode(args.mode),
+        trigger_word=args.trigger or "",
+        concurrency=args.concurrency,
         timeout_s=args.timeout,
+        retries=args.retries,
+        max_chars=args.max_chars,
+        max_tags=args.max_tags,
+        strip_boilerplate=not args.keep_boilerplate,
         **options,
     )
-    run_options = RunOptions(
-        mode=CaptionMode(args.mode),
-        prompt=args.prompt,
+    provider = request.make_provider(token=token)
+    run_options = request.run_options()
+    store = ProposalStore(dataset)
+    store.proposals()  # an unreadable dataset.json stops us before any captioning
+    sink = StoreSink(store, write=args.yes)
+    display = _Display()
+    caption_run = CaptionRun(provider, dataset, run_options, sink=sink, on_progress=display.update)
+    try:
+        report = asyncio.run(_drive(caption_run, provider))
+    finally:
+        display.close()
+    return _summarise(args, report, sink, store.manifest_path, dataset.root)
+
+
+# ---- caption enhance DIR -------------------------------------------------------------------
+
+
+def _enhance(args: argparse.Namespace, folder: str) -> int:
+    from lora_studio.captioning.credentials import find_token
+    from lora_studio.captioning.enhance import CaptionEnhancer, EnhanceRun
+    from lora_studio.captioning.postprocess import PostProcessOptions
+    from lora_studio.captioning.runner import RunOptions, StoreSink
+    from lora_studio.core.proposals import ProposalStore
+
+    if not args.url or not args.model:
+        raise ConfigError(
+            "caption enhance needs the text model's server and name: --url http://HOST/v1 "
+            "--model NAME (vLLM, llama.cpp llama-server, LM Studio, Ollama's /v1, OpenAI)."
+        )
+    if args.provider not in (None, "openai"):
+        raise ConfigError("caption enhance talks to an OpenAI-compatible server (--url).")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1.")
+    dataset = Dataset.open(folder, args.caption_extension)
+    token = find_token("openai", env_var=args.token_env).token
+    kwargs: dict[str, Any] = {"api_key": token}
+    if args.timeout:
+        kwargs["timeout_s"] = args.timeout
+    enhancer = CaptionEnhancer(args.url, args.model, **kwargs)
+    options = RunOptions(
         concurrency=args.concurrency,
         timeout_s=args.timeout,
         retries=args.retries,
@@ -260,12 +329,20 @@ def _caption(args: argparse.Namespace) -> int:
         ),
     )
     store = ProposalStore(dataset)
-    store.proposals()  # an unreadable dataset.json stops us before any captioning
+    store.proposals()  # an unreadable dataset.json stops us before any request
     sink = StoreSink(store, write=args.yes)
     display = _Display()
-    caption_run = CaptionRun(provider, dataset, run_options, sink=sink, on_progress=display.update)
+    enhance_run = EnhanceRun(
+        enhancer,
+        dataset,
+        options,
+        style=args.style,
+        instruction=args.instruction,
+        sink=sink,
+        on_progress=display.update,
+    )
     try:
-        report = asyncio.run(_drive(caption_run, provider))
+        report = asyncio.run(_drive(enhance_run, enhancer))
     finally:
         display.close()
     return _summarise(args, report, sink, store.manifest_path, dataset.root)
@@ -332,7 +409,7 @@ def _summarise(
             line = f"Proposed {captioned} caption(s) with {who}"
         line += f" for {considered} image(s) in {report.elapsed_s:.1f} s"
         if report.skipped:
-            line += f"; {len(report.skipped)} already captioned (mode fill)"
+            line += f"; {len(report.skipped)} skipped ({report.skipped[0].error})"
         print(line + ".", file=sys.stderr)
         if captioned and not args.yes:
             print(

@@ -43,7 +43,7 @@ def test_without_yes_captions_become_proposals(serve, colour_dataset: Path, caps
         "blue.png": "sks, blue square",
     }
     assert not (colour_dataset / "red.txt").exists()
-    assert "Proposed 2 caption(s) with ollama (llava)" in err and "1 already captioned" in err
+    assert "Proposed 2 caption(s) with ollama (llava)" in err and "1 skipped (has a caption)" in err
     assert "lora-studio caption review" in err
 
     assert main(["caption", "review", str(colour_dataset)]) == 0

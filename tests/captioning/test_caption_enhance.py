@@ -11,7 +11,7 @@ import pytest
 from caption_servers import OPENAI_KEY, Reply, completion, openai_chat
 
 from lora_studio.captioning.base import BadResponse
-from lora_studio.captioning.enhance import INSTRUCTIONS, CaptionEnhancer, RewriteStyle
+from lora_studio.captioning.enhance import INSTRUCTIONS, CaptionEnhancer, EnhanceRun, RewriteStyle
 
 
 @pytest.fixture
@@ -96,3 +96,83 @@ def test_importing_captioning_pulls_in_no_torch_and_no_qt(modules, forbidden) ->
         [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- a dataset's captions, as a batch run and from the command line -------------------------
+
+
+def _tags_to_sentence(request) -> Reply:
+    """Turn 'sks, red fox, snow' into 'A red fox, snow.' (what a text LLM would do)."""
+    tags = [t.strip() for t in request.json()["messages"][-1]["content"].split(",")]
+    return Reply(200, completion(request.json(), "A " + ", ".join(tags[1:]) + "."))
+
+
+def test_enhance_rewrites_captions_as_proposals_for_review(serve, tmp_path, capsys) -> None:
+    from caption_servers import write_images
+
+    from lora_studio.cli import main
+
+    folder = write_images(
+        tmp_path / "ds",
+        {"a.png": "red", "b.png": "green", "c.png": "blue"},
+        {"a.png": "sks, red fox, snow", "b.png": "sks, green frog"},
+    )
+    server = serve(_tags_to_sentence)
+    args = ["caption", "enhance", str(folder), "--url", server.url + "/v1", "--model", "qwen2.5"]
+    assert main([*args, "--trigger", "sks", "--style", "sentence"]) == 0
+    err = capsys.readouterr().err
+    assert "Proposed 2 caption(s) with enhance (qwen2.5)" in err
+    assert "1 skipped (has no caption to rewrite)" in err
+    # nothing written yet: the rewrites wait for review, with who made them
+    assert (folder / "a.txt").read_text(encoding="utf-8").strip() == "sks, red fox, snow"
+    assert main(["caption", "review", str(folder)]) == 0
+    listing = capsys.readouterr().out
+    assert "a.png  [ready]  enhance / qwen2.5" in listing
+    assert "sks,{+ A+} red fox, snow{+.+}" in listing
+    assert main(["caption", "review", str(folder), "--accept", "all"]) == 0
+    assert (folder / "a.txt").read_text(encoding="utf-8").strip() == "sks, A red fox, snow."
+    assert (folder / "b.txt").read_text(encoding="utf-8").strip() == "sks, A green frog."
+    assert not (folder / "c.txt").exists()
+    system = server.requests[0].json()["messages"][0]["content"]
+    assert system.startswith(INSTRUCTIONS[RewriteStyle.SENTENCE])
+
+
+def test_enhance_retries_a_429_and_lists_a_failure_without_stopping(serve, tmp_path) -> None:
+    from caption_servers import write_images
+
+    from lora_studio.captioning.runner import RunOptions, RunState
+    from lora_studio.core.dataset import Dataset
+
+    folder = write_images(
+        tmp_path / "ds",
+        {"a.png": "red", "b.png": "green"},
+        {"a.png": "red fox", "b.png": "green frog"},
+    )
+    server = serve(_tags_to_sentence)
+    server.script(
+        Reply(429, {"error": {"message": "slow down"}}, headers={"Retry-After": "0"}),
+        Reply(400, {"error": {"message": "context length exceeded"}}),
+    )
+    options = RunOptions(concurrency=1, backoff_s=0.01)
+
+    async def go():
+        async with CaptionEnhancer(server.url + "/v1", "qwen2.5") as enhancer:
+            run = EnhanceRun(enhancer, Dataset.open(folder), options, style="polish")
+            return await run.run()
+
+    import asyncio
+
+    report = asyncio.run(go())
+    assert report.state is RunState.FINISHED
+    assert len(report.captioned) == 1 and len(report.failed) == 1
+    assert "context length exceeded" in (report.failed[0].error or "")
+    assert len(server.requests) == 3  # the 429 was retried, the 400 was not
+
+
+def test_enhance_needs_a_server_and_a_model(tmp_path, capsys) -> None:
+    from lora_studio.cli import main
+
+    (tmp_path / "ds").mkdir()
+    assert main(["caption", "enhance", str(tmp_path / "ds")]) != 0
+    err = capsys.readouterr().err
+    assert "--url" in err and "--model" in err and "Traceback" not in err
