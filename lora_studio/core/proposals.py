@@ -372,7 +372,9 @@ class ProposalStore:
                 views.append(ProposalView(proposal, None, ProposalState.MISSING, None))
                 continue
             current = read_item_caption(item)
-            views.append(ProposalView(proposal, current, _state(proposal, current), item.path))
+            views.append(
+                ProposalView(proposal, current, proposal_state(proposal, current), item.path)
+            )
         return views
 
     # ---- changing --------------------------------------------------------------------
@@ -634,7 +636,10 @@ def _proposals_in(data: Mapping[str, Any]) -> dict[str, Proposal]:
     return result
 
 
-def _state(proposal: Proposal, current: str | None) -> ProposalState:
+def proposal_state(proposal: Proposal, current: str | None) -> ProposalState:
+    """How ``proposal`` stands against the caption ``current`` (``None``: no caption):
+    ``same``, ``ready`` (the caption is the one it was proposed over) or ``conflict``.
+    (``missing`` is for an image that is gone, which only the store can tell.)"""
     if _same_caption(current, proposal.text):
         return ProposalState.SAME
     if _same_caption(current, proposal.previous):
