@@ -43,6 +43,8 @@ from lora_studio.core.jobs import (
     JobStore,
     Progress,
     ProgressRecorder,
+    current_process,
+    process_alive,
 )
 from lora_studio.core.request import TrainingRequest
 
@@ -54,12 +56,58 @@ UpdateListener = Callable[[Job, Progress], None]
 
 def latest_checkpoint_of(spec: JobSpec) -> Path | None:
     """The newest checkpoint a run of ``spec`` left in its output folder, if any."""
-    name = str(spec.config.get("name", ""))
-    root = Path(spec.output_dir) / f"{name}-checkpoints"
+    return latest_checkpoint(spec.output_dir, str(spec.config.get("name", "")))
+
+
+def latest_checkpoint(output_dir: str | Path, name: str) -> Path | None:
+    """The newest finished checkpoint of the run ``name`` in ``output_dir``, if any."""
+    root = Path(output_dir) / f"{name}-checkpoints"
     if not root.is_dir():
         return None
-    found = sorted(p for p in root.iterdir() if p.is_dir() and (p / "state.json").exists())
+    found = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / "state.json").exists()
+    )  # ".step-N.partial" is one a kill interrupted while it was being written
     return found[-1] if found else None
+
+
+def running_elsewhere(job: Job) -> bool:
+    """Whether ``job`` is a local run that another live process (a ``lora-studio train``
+    in a terminal, another window) is running now."""
+    return (
+        job.backend is BackendType.LOCAL
+        and job.owner != current_process()
+        and process_alive(job.owner)
+    )
+
+
+def mark_interrupted(store: JobStore, job: Job) -> None:
+    """Record that ``job``'s run ended with its process, pointing at its last checkpoint."""
+    if job.spec is not None:
+        checkpoint = latest_checkpoint_of(job.spec)
+    else:  # a run started from the command line records no spec
+        checkpoint = latest_checkpoint(job.output_dir, job.name)
+    job.status = JobStatus.INTERRUPTED
+    job.finished_at = time.time()
+    job.error = "The run ended with the process that ran it." + (
+        f" Resume it from {checkpoint.name}." if checkpoint else " It left no checkpoint."
+    )
+    store.save(job)
+
+
+def reconcile_local_jobs(store: JobStore) -> list[Job]:
+    """Mark the local runs whose process is gone (killed, crashed, the machine restarted)
+    as interrupted; returns them. Queued jobs wait for the next queue to start them."""
+    found = []
+    for job in store.unfinished():
+        if job.backend is not BackendType.LOCAL or job.status is JobStatus.QUEUED:
+            continue
+        if job.owner == current_process() or process_alive(job.owner):
+            continue
+        mark_interrupted(store, job)
+        found.append(job)
+    return found
 
 
 class _Running:
@@ -103,7 +151,9 @@ class JobQueue:
             if job.status is JobStatus.QUEUED:
                 continue
             if job.backend is BackendType.LOCAL or not job.remote_id or job.spec is None:
-                self._mark_interrupted(job)
+                if not running_elsewhere(job):
+                    mark_interrupted(self.store, job)
+                    self._notify(job, Progress(status=JobStatus.INTERRUPTED, error=job.error))
                 continue
             try:
                 backend = self.make_backend(job.spec)
@@ -274,16 +324,6 @@ class JobQueue:
     def _next_position(self) -> int:
         unfinished = self.store.unfinished()
         return max((j.position for j in unfinished), default=-1) + 1
-
-    def _mark_interrupted(self, job: Job) -> None:
-        checkpoint = latest_checkpoint_of(job.spec) if job.spec else None
-        job.status = JobStatus.INTERRUPTED
-        job.finished_at = time.time()
-        job.error = "The run ended when the app closed." + (
-            f" Resume it from {checkpoint.name}." if checkpoint else " It left no checkpoint."
-        )
-        self.store.save(job)
-        self._notify(job, Progress(status=JobStatus.INTERRUPTED, error=job.error))
 
     def _notify(self, job: Job, progress: Progress) -> None:
         for listener in list(self._listeners):

@@ -2,7 +2,8 @@
 
 It reads the same SQLite history as the window (under the user data dir, which honours
 ``XDG_DATA_HOME``; ``LORA_STUDIO_HOME`` moves it). A job id may be shortened to any
-unique prefix.
+unique prefix. A local run whose process is gone (killed, crashed) is shown, and recorded,
+as interrupted, with the checkpoint it can resume from.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ def register_top_level(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lora_studio.jobqueue import reconcile_local_jobs
+
     store = JobStore(job_db_path())
     try:
+        reconcile_local_jobs(store)  # a run whose process died shows as interrupted
         if args.jobs_command == "list":
             return _list(store, args)
         job = _find(store, args.id)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -183,10 +185,47 @@ class Job:
     position: int = 0
     batch_id: str | None = None
     message: str = ""
+    #: the process that made the job (:func:`current_process`); a local job whose owner
+    #: is gone was interrupted, one whose owner lives is still running elsewhere
+    owner: str | None = field(default_factory=lambda: current_process())
 
     @staticmethod
     def new_id() -> str:
         return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+def current_process() -> str:
+    """This process as ``pid:start-time@host`` (the start time tells a reused pid apart)."""
+    return f"{os.getpid()}:{_start_time(os.getpid())}@{socket.gethostname()}"
+
+
+def process_alive(owner: str | None) -> bool:
+    """Whether the process ``owner`` (from :func:`current_process`) still runs.
+
+    ``None`` (a job from before owners were recorded) counts as gone. A process on another
+    host cannot be checked and counts as alive: its jobs are not ours to mark.
+    """
+    if not owner or "@" not in owner:
+        return False
+    ident, _, host = owner.rpartition("@")
+    pid_text, _, started = ident.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    return started != "" and _start_time(pid) == started
+
+
+def _start_time(pid: int) -> str:
+    """``pid``'s start time (empty when there is no such process)."""
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.Error, OSError):
+        return ""
 
 
 @dataclass(frozen=True)
@@ -198,7 +237,7 @@ class JobEvent:
     message: str = ""
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -250,6 +289,11 @@ CREATE TABLE IF NOT EXISTS job_losses (
     PRIMARY KEY (job_id, step)
 );
 """,
+    # 2 -> 3: the process that owns a job, so a live run in another process (the CLI while
+    # the window opens) is not taken for an interrupted one.
+    3: """
+ALTER TABLE jobs ADD COLUMN owner TEXT;
+""",
 }
 _COLUMNS = (
     "id",
@@ -273,6 +317,7 @@ _COLUMNS = (
     "position",
     "batch_id",
     "message",
+    "owner",
 )
 
 
@@ -331,6 +376,7 @@ class JobStore:
             job.position,
             job.batch_id,
             job.message,
+            job.owner,
         )
         placeholders = ", ".join("?" for _ in _COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])

@@ -76,9 +76,10 @@ def test_old_history_files_are_migrated_in_place(tmp_path: Path) -> None:
     old = store.get("old1")
     assert old is not None and old.status is JobStatus.SUCCEEDED and old.config == {"rank": 8}
     assert old.spec is None and old.cost is None and old.position == 0
+    assert old.owner is None  # made before owners were recorded: no live process claims it
     store.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_history_keeps_spec_transitions_logs_losses_and_cost(tmp_path: Path) -> None:
@@ -147,3 +148,29 @@ def test_unfinished_jobs_come_in_queue_order_and_short_ids_find_them() -> None:
     assert store.find("%") == []  # LIKE wildcards are taken literally
     store.delete(done.id)
     assert store.get(done.id) is None and store.events(done.id) == []
+
+
+def test_a_job_knows_whether_the_process_that_made_it_still_runs(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from lora_studio.core.jobs import current_process, process_alive
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = _job("mine")
+    store.save(job)
+    saved = store.get(job.id)
+    assert saved is not None and saved.owner == current_process()
+    assert process_alive(saved.owner)
+
+    code = "from lora_studio.core.jobs import current_process; print(current_process())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    gone = child.stdout.strip()
+    assert gone.endswith("@" + socket.gethostname()) and not process_alive(gone)
+    # the same pid with another start time is another process (a reused pid)
+    pid = current_process().split(":")[0]
+    assert not process_alive(f"{pid}:12.00@{socket.gethostname()}")
+    assert not process_alive(None) and not process_alive("garbage")
+    assert process_alive("123:1.00@some-other-host")  # not ours to judge
+    store.close()
