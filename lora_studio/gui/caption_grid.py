@@ -8,9 +8,17 @@ a grey "(no caption)" placeholder; under each file name, :class:`ImageDelegate` 
 size the image trains at (its aspect-ratio bucket; the header's tooltip counts them); the
 status column says "Saving…", "Saved ✓" or "⚠ Not saved" (with the reason as tooltip),
 and the line under the grid sums it up.
+
+Automatic captions waiting for review appear in a "Proposed caption" column beside the
+caption, as a word diff with Accept / Reject buttons per image, and a bar above the grid
+acts on the selection or on all of them (see :mod:`lora_studio.gui.proposal_review`);
+the "Has proposal" filter shows only those images. The "Caption images…" button asks
+for a caption run (:attr:`CaptionGrid.caption_images_requested`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from PySide6.QtCore import (
     QAbstractItemModel,
@@ -22,6 +30,7 @@ from PySide6.QtCore import (
     QSize,
     QSortFilterProxyModel,
     Qt,
+    Signal,
 )
 from PySide6.QtGui import QFont, QFontMetrics, QKeyEvent, QPainter, QPalette
 from PySide6.QtWidgets import (
@@ -33,6 +42,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QPlainTextEdit,
+    QPushButton,
     QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
@@ -41,24 +51,38 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lora_studio.core.proposals import ProposalState, ProposalView
 from lora_studio.gui import artwork
 from lora_studio.gui.dataset_model import CaptionState, Column, DatasetModel, Role
+from lora_studio.gui.proposal_review import (
+    ACCEPT,
+    OVERWRITE,
+    REJECT,
+    ProposalDelegate,
+    ReviewBar,
+    diff_html,
+    paint_html,
+)
 
 Index = QModelIndex | QPersistentModelIndex
 PLACEHOLDER = "(no caption)"
 ROW_HEIGHT = 60
+#: Rows are taller while proposals are shown: three lines of text and the buttons.
+REVIEW_ROW_HEIGHT = 84
 THUMB = 48
 IMAGE_WIDTH, IMAGE_MIN = 178, 158
 STATUS_WIDTH, STATUS_MIN = 92, 58
 
 
 class CaptionFilter(QSortFilterProxyModel):
-    """Shows all rows, only those without a caption, or only those with a problem."""
+    """Shows all rows, only those without a caption, only those with a problem, or only
+    those with a proposed caption."""
 
     ALL = "All"
     UNCAPTIONED = "Uncaptioned"
     PROBLEMS = "Problems"
-    MODES = (ALL, UNCAPTIONED, PROBLEMS)
+    PROPOSALS = "Has proposal"
+    MODES = (ALL, UNCAPTIONED, PROBLEMS, PROPOSALS)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -76,11 +100,19 @@ class CaptionFilter(QSortFilterProxyModel):
         self.set_mode(self.UNCAPTIONED if value else self.ALL)
 
     def set_mode(self, mode: str) -> None:
-        """Show :attr:`ALL`, :attr:`UNCAPTIONED` or :attr:`PROBLEMS` rows."""
+        """Show :attr:`ALL`, :attr:`UNCAPTIONED`, :attr:`PROBLEMS` or :attr:`PROPOSALS` rows."""
         if mode not in self.MODES:
             raise ValueError(f"unknown filter {mode!r}")
         if mode == self._mode:
             return
+        self._refilter(mode)
+
+    def refresh(self) -> None:
+        """The rows' data changed in a way the filter sees (proposals came or went)."""
+        if self._mode != self.ALL:
+            self._refilter(self._mode)
+
+    def _refilter(self, mode: str) -> None:
         if hasattr(self, "beginFilterChange"):  # Qt >= 6.10
             self.beginFilterChange()
             self._mode = mode
@@ -101,6 +133,8 @@ class CaptionFilter(QSortFilterProxyModel):
             return True
         if self._mode == self.PROBLEMS:
             return bool(source.data(index, Role.SEVERITY))
+        if self._mode == self.PROPOSALS:
+            return source.data(index, Role.PROPOSAL) is not None
         return not source.data(index, Role.HAS_CAPTION)
 
 
@@ -115,7 +149,31 @@ class CaptionEditor(QPlainTextEdit):
 
 
 class CaptionDelegate(QStyledItemDelegate):
-    """Edits captions in a :class:`CaptionEditor` and draws the "(no caption)" placeholder."""
+    """Edits captions in a :class:`CaptionEditor` and draws the "(no caption)" placeholder;
+    beside a proposal, the words it would drop are struck through in red."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        view = index.data(Role.PROPOSAL)
+        text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        if (
+            not isinstance(view, ProposalView)
+            or view.state is ProposalState.SAME
+            or not text.strip()
+        ):
+            super().paint(painter, option, index)
+            return
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        opt.text = ""
+        widget = opt.widget
+        style = widget.style() if widget is not None else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, widget)
+        selected = bool(opt.state & QStyle.StateFlag.State_Selected)
+        role = QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text
+        color = opt.palette.color(opt.palette.currentColorGroup(), role)
+        paint_html(
+            painter, opt.rect.adjusted(4, 4, -4, -4), diff_html(view.diff, "old"), opt.font, color
+        )
 
     def createEditor(  # noqa: N802
         self, parent: QWidget, option: QStyleOptionViewItem, index: Index
@@ -228,7 +286,18 @@ class ImageDelegate(QStyledItemDelegate):
 
 
 class CaptionGrid(QWidget):
-    """The caption panel: filter, table, save state."""
+    """The caption panel: filter, table, save state, proposals to review.
+
+    Signals:
+        caption_images_requested(): the user wants to caption images automatically.
+        accept_requested(list[Path], bool): write these images' proposals (``True``:
+            also over captions edited since, i.e. overwrite).
+        reject_requested(list[Path]): drop these images' proposals.
+    """
+
+    caption_images_requested = Signal()
+    accept_requested = Signal(object, bool)
+    reject_requested = Signal(object)
 
     def __init__(self, model: DatasetModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -240,15 +309,24 @@ class CaptionGrid(QWidget):
         self.filter_box = QComboBox()
         self.filter_box.addItems(list(CaptionFilter.MODES))
         self.filter_box.setToolTip(
-            "Show all images, only those without a caption, or only those with a problem "
-            "(a badge on the thumbnail)"
+            "Show all images, only those without a caption, only those with a problem "
+            "(a badge on the thumbnail), or only those with a proposed caption to review"
         )
         self.filter_box.currentTextChanged.connect(self.proxy.set_mode)
+        self.caption_button = QPushButton("Caption images\u2026")
+        self.caption_button.setToolTip(
+            "Caption images automatically (BLIP, BLIP-2, a vision LLM...); the captions "
+            "arrive as proposals to review here"
+        )
+        self.caption_button.clicked.connect(self.caption_images_requested)
         header = QHBoxLayout()
         header.addWidget(title)
         header.addStretch(1)
+        header.addWidget(self.caption_button)
+        header.addSpacing(8)
         header.addWidget(QLabel("Show"))
         header.addWidget(self.filter_box)
+        self.review_bar = ReviewBar()
 
         self.table = QTableView()
         self.table.setModel(self.proxy)
@@ -256,6 +334,9 @@ class CaptionGrid(QWidget):
         self.table.setItemDelegateForColumn(Column.CAPTION, self.delegate)
         self.image_delegate = ImageDelegate(self.table)
         self.table.setItemDelegateForColumn(Column.IMAGE, self.image_delegate)
+        self.proposal_delegate = ProposalDelegate(self.table)
+        self.table.setItemDelegateForColumn(Column.PROPOSAL, self.proposal_delegate)
+        self.proposal_delegate.action_requested.connect(self._on_row_action)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(
@@ -276,6 +357,10 @@ class CaptionGrid(QWidget):
         head.setSectionResizeMode(Column.IMAGE, QHeaderView.ResizeMode.Interactive)
         head.setSectionResizeMode(Column.CAPTION, QHeaderView.ResizeMode.Stretch)
         head.setSectionResizeMode(Column.STATUS, QHeaderView.ResizeMode.Interactive)
+        head.setSectionResizeMode(Column.PROPOSAL, QHeaderView.ResizeMode.Stretch)
+        # Side by side: the caption, then what is proposed instead, then the status.
+        head.moveSection(head.visualIndex(Column.PROPOSAL), head.visualIndex(Column.STATUS))
+        self.table.setColumnHidden(Column.PROPOSAL, True)
         self._fit_columns = True  # until the user drags a column border
         self._fitting = False
         self._fit_widths()
@@ -294,13 +379,22 @@ class CaptionGrid(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addLayout(header)
+        layout.addWidget(self.review_bar)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.state_label)
         layout.addWidget(hint)
 
         model.dataChanged.connect(self._update_state)
         model.modelReset.connect(self._update_state)
+        model.proposals_changed.connect(self._on_proposals_changed)
+        model.modelReset.connect(self._on_proposals_changed)
+        self.table.selectionModel().selectionChanged.connect(self._update_review_bar)
+        self.review_bar.accept_selected.connect(lambda: self._accept(self.selected_paths()))
+        self.review_bar.reject_selected.connect(lambda: self._reject(self.selected_paths()))
+        self.review_bar.accept_all.connect(lambda: self._accept(self.model.proposal_paths()))
+        self.review_bar.reject_all.connect(lambda: self._reject(self.model.proposal_paths()))
         self._update_state()
+        self._on_proposals_changed()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
         if event.type() == QEvent.Type.Resize and watched is self.table.viewport():
@@ -324,6 +418,53 @@ class CaptionGrid(QWidget):
     def _on_section_resized(self, section: int, old: int, new: int) -> None:
         if not self._fitting and section in (Column.IMAGE, Column.STATUS):
             self._fit_columns = False  # the user chose a width: keep it
+
+    # ---- proposals ------------------------------------------------------------------------
+
+    def selected_paths(self) -> list[Path]:
+        """The selected images, in row order."""
+        rows = sorted(
+            {self.source_index(i).row() for i in self.table.selectionModel().selectedIndexes()}
+        )
+        return [self.model.item(row).path for row in rows if row >= 0]
+
+    def show_proposals(self) -> None:
+        """Show only the images with a proposed caption."""
+        self.filter_box.setCurrentText(CaptionFilter.PROPOSALS)
+
+    def _accept(self, paths: list[Path]) -> None:
+        wanted = [p for p in paths if self.model.proposal_view(p) is not None]
+        if wanted:
+            self.accept_requested.emit(wanted, False)
+
+    def _reject(self, paths: list[Path]) -> None:
+        wanted = [p for p in paths if self.model.proposal_view(p) is not None]
+        if wanted:
+            self.reject_requested.emit(wanted)
+
+    def _on_row_action(self, path: Path, action: str) -> None:
+        if action == ACCEPT:
+            self.accept_requested.emit([path], False)
+        elif action == OVERWRITE:
+            self.accept_requested.emit([path], True)
+        elif action == REJECT:
+            self.reject_requested.emit([path])
+
+    def _on_proposals_changed(self) -> None:
+        pending, _conflicts = self.model.proposal_counts()
+        showing = not self.table.isColumnHidden(Column.PROPOSAL)
+        if bool(pending) != showing:
+            self.table.setColumnHidden(Column.PROPOSAL, not pending)
+            self.table.verticalHeader().setDefaultSectionSize(
+                REVIEW_ROW_HEIGHT if pending else ROW_HEIGHT
+            )
+        self.proxy.refresh()
+        self._update_review_bar()
+
+    def _update_review_bar(self, *_: object) -> None:
+        pending, conflicts = self.model.proposal_counts()
+        selected = sum(1 for p in self.selected_paths() if self.model.proposal_view(p) is not None)
+        self.review_bar.set_counts(pending, conflicts, selected)
 
     def show_problems(self) -> None:
         """Show only the images with a problem."""

@@ -18,6 +18,12 @@ it, and emits :attr:`DatasetModel.caption_edit_requested`; the controller saves 
 GUI thread and answers with :meth:`caption_saved` or :meth:`caption_failed`. A failed save
 keeps the edited text visible (marked "not saved") so nothing the user typed is lost;
 editing the caption again retries.
+
+Automatic captions waiting for review (:class:`~lora_studio.core.proposals.Proposal`,
+given by the caption controller) are in the :attr:`Column.PROPOSAL` column and in
+:attr:`Role.PROPOSAL` as a :class:`~lora_studio.core.proposals.ProposalView` worked out
+against the caption shown now: editing a caption in the grid turns its proposal into a
+conflict at once. :attr:`Role.PROVENANCE` says which captioner made an accepted caption.
 """
 
 from __future__ import annotations
@@ -39,6 +45,13 @@ from PySide6.QtGui import QBrush, QIcon, QImage, QPixmap
 
 from lora_studio.core.buckets import Placement
 from lora_studio.core.dataset import Dataset, ImageItem
+from lora_studio.core.proposals import (
+    Proposal,
+    ProposalState,
+    ProposalView,
+    Provenance,
+    proposal_state,
+)
 from lora_studio.core.validate import (
     CAPTION_CODES,
     UNREADABLE_CODES,
@@ -68,6 +81,8 @@ class Role(enum.IntEnum):
     BUCKET = _USER + 7  #: str | None: ``"640×384"``, ``"–"`` (no bucket), None (not known yet)
     SEVERITY = _USER + 8  #: str | None: ``"error"`` / ``"warning"`` (the badge), None: fine
     ISSUES = _USER + 9  #: list[Issue]: every finding about the item, worst first
+    PROPOSAL = _USER + 10  #: ProposalView | None: an automatic caption waiting for review
+    PROVENANCE = _USER + 11  #: Provenance | None: who made the (accepted) caption
 
 
 class CaptionState(enum.Enum):
@@ -81,9 +96,15 @@ class Column(enum.IntEnum):
     IMAGE = 0
     CAPTION = 1
     STATUS = 2
+    PROPOSAL = 3  #: the proposed caption (the grid shows it beside the caption)
 
 
-_HEADERS = {Column.IMAGE: "Image", Column.CAPTION: "Caption", Column.STATUS: "Status"}
+_HEADERS = {
+    Column.IMAGE: "Image",
+    Column.CAPTION: "Caption",
+    Column.STATUS: "Status",
+    Column.PROPOSAL: "Proposed caption",
+}
 #: The status column's word for an item's worst problem (its tooltip has the message).
 _SHORT = {
     "missing_caption": "No caption",
@@ -105,10 +126,13 @@ class DatasetModel(QAbstractTableModel):
         caption_edit_requested(path, text): the user changed a caption; save it.
         counts_changed(): image/caption counts, problems or the validation state may have
             changed.
+        proposals_changed(): proposals were added, accepted, rejected, or their state
+            changed (a caption was edited).
     """
 
     caption_edit_requested = Signal(object, str)
     counts_changed = Signal()
+    proposals_changed = Signal()
 
     def __init__(
         self, thumbnails: ThumbnailLoader | None = None, parent: QObject | None = None
@@ -127,6 +151,8 @@ class DatasetModel(QAbstractTableModel):
         self._other_files: list[FileReport] = []
         self._validation: ValidationReport | None = None
         self._validation_progress: tuple[int, int] | None = None
+        self._proposals: dict[Path, Proposal] = {}
+        self._provenance: dict[Path, Provenance] = {}
         self._thumbnails = thumbnails
         if thumbnails is not None:
             thumbnails.thumbnail_ready.connect(self._on_thumbnail_ready)
@@ -155,11 +181,16 @@ class DatasetModel(QAbstractTableModel):
         self._other_files = []
         self._validation = None
         self._validation_progress = None
+        had_proposals = bool(self._proposals)
+        self._proposals = {}
+        self._provenance = {}
         # Reopening a folder is how a user refreshes it: thumbnails come back from the
         # disk cache, which notices changed files (keyed by mtime and size).
         self._icons.clear()
         self.endResetModel()
         self.counts_changed.emit()
+        if had_proposals:
+            self.proposals_changed.emit()
 
     def item(self, row: int) -> ImageItem:
         return self._items[row]
@@ -240,6 +271,73 @@ class DatasetModel(QAbstractTableModel):
             self._placements[i.path] for i in self._items if i.path in self._placements
         )
 
+    # ---- proposals ------------------------------------------------------------------------
+
+    def set_proposals(
+        self, proposals: dict[Path, Proposal], provenance: dict[Path, Provenance] | None = None
+    ) -> None:
+        """Show these pending proposals (and provenance), replacing those shown."""
+        self._proposals = {p: v for p, v in proposals.items() if p in self._rows}
+        if provenance is not None:
+            self._provenance = {p: v for p, v in provenance.items() if p in self._rows}
+        self.refresh()
+        self.proposals_changed.emit()
+
+    def add_proposals(self, proposals: dict[Path, Proposal]) -> None:
+        """New proposals arrived (a run is going): show them beside the captions."""
+        added = [p for p in proposals if p in self._rows]
+        for path in added:
+            self._proposals[path] = proposals[path]
+            self._row_changed(path)
+        if added:
+            self.proposals_changed.emit()
+
+    def resolve_proposals(
+        self,
+        accepted: dict[Path, str],
+        rejected: list[Path],
+        provenance: dict[Path, Provenance] | None = None,
+    ) -> None:
+        """Proposals were accepted (their caption written: ``accepted`` path -> text, the
+        item already updated) or rejected (dropped)."""
+        changed = [p for p in [*accepted, *rejected] if p in self._rows]
+        for path in changed:
+            self._proposals.pop(path, None)
+        for path in accepted:
+            if path in self._rows:
+                self._states[path] = CaptionState.SAVED
+        for path, record in (provenance or {}).items():
+            if path in self._rows:
+                self._provenance[path] = record
+        self.refresh(changed)
+        if changed:
+            self.proposals_changed.emit()
+
+    def proposal_view(self, path: Path) -> ProposalView | None:
+        """``path``'s proposal beside the caption shown now (``None``: none)."""
+        proposal = self._proposals.get(path)
+        row = self._rows.get(path)
+        if proposal is None or row is None:
+            return None
+        current = self._caption_text(self._items[row])
+        return ProposalView(proposal, current, proposal_state(proposal, current), path)
+
+    def proposal_paths(self) -> list[Path]:
+        """The images with a pending proposal, in row order."""
+        return [item.path for item in self._items if item.path in self._proposals]
+
+    def proposal_counts(self) -> tuple[int, int]:
+        """``(pending proposals, of which conflicts)``."""
+        conflicts = 0
+        for path in self._proposals:
+            view = self.proposal_view(path)
+            if view is not None and view.state is ProposalState.CONFLICT:
+                conflicts += 1
+        return len(self._proposals), conflicts
+
+    def provenance(self, path: Path) -> Provenance | None:
+        return self._provenance.get(path)
+
     # ---- answers from the controller ---------------------------------------------------
 
     def set_placements(self, placements: dict[Path, Placement | str]) -> None:
@@ -258,6 +356,8 @@ class DatasetModel(QAbstractTableModel):
             self._save_errors.pop(path, None)
         self._row_changed(path)
         self.counts_changed.emit()
+        if path in self._proposals:
+            self.proposals_changed.emit()  # the edit may have made it a conflict
 
     def caption_failed(self, path: Path, text: str, message: str) -> None:
         """Saving ``text`` failed: keep it visible, marked as not saved."""
@@ -355,12 +455,18 @@ class DatasetModel(QAbstractTableModel):
             return self._placements.get(item.path)
         if role == Role.BUCKET:
             return self._bucket_text(item)
+        if role == Role.PROPOSAL:
+            return self.proposal_view(item.path)
+        if role == Role.PROVENANCE:
+            return self._provenance.get(item.path)
         if column == Column.IMAGE:
             return self._image_data(item, role)
         if column == Column.CAPTION:
             return self._caption_data(item, role)
         if column == Column.STATUS:
             return self._status_data(item, role)
+        if column == Column.PROPOSAL:
+            return self._proposal_data(item, role)
         return None
 
     def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
@@ -458,6 +564,25 @@ class DatasetModel(QAbstractTableModel):
             )
             text = self._caption_text(item)
             parts.append(text if text else "No caption yet: double-click to write one.")
+            record = self._provenance.get(item.path)
+            if record is not None:
+                parts.append(provenance_text(record))
+            return "\n\n".join(parts)
+        return None
+
+    def _proposal_data(self, item: ImageItem, role: int) -> Any:
+        view = self.proposal_view(item.path)
+        if view is None:
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return view.proposal.text
+        if role == Qt.ItemDataRole.ToolTipRole:
+            parts = [view.proposal.text, proposal_origin(view.proposal)]
+            if view.state is ProposalState.CONFLICT:
+                parts.append(
+                    "The caption was edited after this was proposed: accepting it needs "
+                    "Overwrite, which replaces your edit."
+                )
             return "\n\n".join(parts)
         return None
 
@@ -476,12 +601,19 @@ class DatasetModel(QAbstractTableModel):
             worst = self._worst(item)
             if worst is not None:
                 return "\u26a0 " + _SHORT.get(worst.code, "Problem")
+            view = self.proposal_view(item.path)
+            if view is not None:
+                return "\u26a0 Conflict" if view.state is ProposalState.CONFLICT else "Proposal"
             if state is CaptionState.SAVED:
                 return "Saved \u2713"
             return ""
         if role == Qt.ItemDataRole.ForegroundRole:
             if state is CaptionState.FAILED or self._unreadable(item):
                 return QBrush(artwork.ERROR)
+            view = self.proposal_view(item.path)
+            if view is not None and not problem:
+                conflict = view.state is ProposalState.CONFLICT
+                return QBrush(artwork.WARNING if conflict else artwork.ACCENT)
             if state is CaptionState.SAVED and not problem:
                 return QBrush(artwork.SUCCESS)
             if problem or item.caption_encoding != "utf-8":
@@ -530,3 +662,36 @@ class DatasetModel(QAbstractTableModel):
         first = column if column is not None else 0
         last = column if column is not None else len(Column) - 1
         self.dataChanged.emit(self.index(row, first), self.index(row, last))
+
+
+def proposal_origin(proposal: Proposal) -> str:
+    """``Proposed by openai · llava, 2025-01-01 12:00 UTC (mode fill)``."""
+    when = _when(proposal.created_at)
+    line = f"Proposed by {proposal.provider} \u00b7 {proposal.model}"
+    if when:
+        line += f", {when}"
+    line += f" (mode {proposal.mode})"
+    if proposal.prompt:
+        line += f"\nPrompt: {proposal.prompt}"
+    return line
+
+
+def provenance_text(record: Provenance) -> str:
+    """``Caption by blip · Salesforce/..., accepted 2025-01-01 12:00 UTC``."""
+    line = f"Caption by {record.provider} \u00b7 {record.model}"
+    when = _when(record.accepted_at)
+    if when:
+        line += f", accepted {when}"
+    if record.edited:
+        line += " (edited before accepting)"
+    return line
+
+
+def _when(stamp: str) -> str:
+    """``2025-01-01T12:00:00Z`` -> ``2025-01-01 12:00 UTC``."""
+    if not stamp:
+        return ""
+    text = stamp.replace("T", " ")
+    if text.endswith("Z") and len(text) >= 17:
+        return text[:16] + " UTC"
+    return text

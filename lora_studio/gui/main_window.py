@@ -58,6 +58,8 @@ from lora_studio.core.formats import image_extensions
 from lora_studio.core.jobs import Job, Progress
 from lora_studio.gui import artwork
 from lora_studio.gui import settings as app_settings
+from lora_studio.gui.caption_controller import CaptionController
+from lora_studio.gui.caption_dialog import CaptionRunDialog
 from lora_studio.gui.caption_grid import CaptionGrid
 from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController
 from lora_studio.gui.dataset_browser import DatasetBrowser
@@ -186,6 +188,8 @@ class MainWindow(QMainWindow):
         self.preset_form.set_output_dir(str(controller.output_dir))
         self.job_monitor = JobMonitor()
         self.message_bar = MessageBar()
+        self.captions = CaptionController(controller, parent=self)
+        self.caption_dialog: CaptionRunDialog | None = None
         processes, sections = app_settings.read_form_state(self.settings)
         self.preset_form.advanced.set_expanded_sections(sections)
         self.preset_form.set_processes(processes)
@@ -251,6 +255,22 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
 
+        captions_menu = self.menuBar().addMenu("&Captions")
+        self.caption_action = QAction("&Caption images\u2026", self)
+        self.caption_action.setShortcut(QKeySequence("Ctrl+Shift+C"))
+        self.caption_action.triggered.connect(self.open_caption_dialog)
+        self.review_action = QAction("Show images with a &proposed caption", self)
+        self.review_action.triggered.connect(self.caption_grid.show_proposals)
+        self.accept_all_action = QAction("&Accept all proposed captions", self)
+        self.accept_all_action.triggered.connect(self.caption_grid.review_bar.accept_all)
+        self.reject_all_action = QAction("&Reject all proposed captions", self)
+        self.reject_all_action.triggered.connect(self.caption_grid.review_bar.reject_all)
+        for action in (self.caption_action, self.review_action):
+            captions_menu.addAction(action)
+        captions_menu.addSeparator()
+        captions_menu.addAction(self.accept_all_action)
+        captions_menu.addAction(self.reject_all_action)
+
     def _connect(self) -> None:
         c = self.controller
         c.dataset_loading.connect(self.browser.set_loading)
@@ -277,6 +297,13 @@ class MainWindow(QMainWindow):
         self.browser.open_folder_requested.connect(self.choose_dataset_folder)
         self.browser.open_sample_requested.connect(self.open_sample_dataset)
         self.browser.show_problems_requested.connect(self.caption_grid.show_problems)
+        self.caption_grid.caption_images_requested.connect(self.open_caption_dialog)
+        self.caption_grid.accept_requested.connect(self.captions.accept)
+        self.caption_grid.reject_requested.connect(self.captions.reject)
+        self.captions.proposals_loaded.connect(self._on_proposals_loaded)
+        self.captions.proposals_added.connect(self.dataset_model.add_proposals)
+        self.captions.proposals_resolved.connect(self.dataset_model.resolve_proposals)
+        self.captions.message.connect(self.show_message)
         self.preset_form.config_edited.connect(c.set_config)
         self.preset_form.preset_selected.connect(c.apply_preset)
         self.preset_form.base_model_edited.connect(c.set_base_model)
@@ -362,6 +389,35 @@ class MainWindow(QMainWindow):
         )
         if path:
             self.controller.load_config(path)
+
+    def open_caption_dialog(self) -> CaptionRunDialog | None:
+        """Open (or bring forward) the "Caption images" dialog for the open dataset."""
+        dataset = self.controller.dataset
+        if dataset is None:
+            self.show_message(WARNING, "Open a dataset folder first, then caption its images.")
+            return None
+        dialog = self.caption_dialog
+        if dialog is not None and dialog.isVisible():
+            dialog.raise_()
+            dialog.activateWindow()
+            return dialog
+        if dialog is not None:
+            dialog.deleteLater()
+        dialog = CaptionRunDialog(
+            self.captions,
+            self.settings,
+            trigger_word=self.controller.config.trigger_word or "",
+            image_count=len(dataset),
+            selected=self.caption_grid.selected_paths(),
+            parent=self,
+        )
+        self.caption_dialog = dialog
+        dialog.show()
+        return dialog
+
+    def _on_proposals_loaded(self, dataset: Dataset, proposals: object, provenance: object) -> None:
+        if dataset is self.dataset_model.dataset:
+            self.dataset_model.set_proposals(proposals, provenance)  # type: ignore[arg-type]
 
     def select_image(self, row: int) -> None:
         """Select the image in ``row`` in both the browser and the caption grid."""
@@ -562,6 +618,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self._save_window_state()
+        self.captions.shutdown()
         self.thumbnails.shutdown()
         self.job_monitor.shutdown()
         self._closed = True

@@ -105,3 +105,35 @@ def remember_config(settings: QSettings, config: LoraConfig) -> None:
 
 def remember(settings: QSettings, key: str, value: str) -> None:
     settings.setValue(key, value)
+
+
+#: The caption dialog's remembered choices live under this group; never a token.
+CAPTION_GROUP = "captioning"
+CAPTION_SECRET_WORDS = ("token", "key", "secret", "password")
+
+
+def read_caption_choices(settings: QSettings) -> dict[str, str]:
+    """The caption dialog's last choices (provider, per-provider model/URL/prompt, mode,
+    scope, concurrency, time limit), as text."""
+    settings.beginGroup(CAPTION_GROUP)
+    try:
+        return {key: str(settings.value(key)) for key in settings.allKeys()}
+    finally:
+        settings.endGroup()
+
+
+def remember_caption_choices(settings: QSettings, choices: dict[str, str]) -> None:
+    """Remember the caption dialog's choices (``provider/model``-style keys).
+
+    Raises:
+        ValueError: a key that looks like a secret: tokens go to the OS keyring only.
+    """
+    for key in choices:
+        if any(word in key.lower() for word in CAPTION_SECRET_WORDS):
+            raise ValueError(f"{key!r} looks like a secret; it belongs in the OS keyring")
+    settings.beginGroup(CAPTION_GROUP)
+    try:
+        for key, value in choices.items():
+            settings.setValue(key, value)
+    finally:
+        settings.endGroup()
