@@ -18,4 +18,4 @@ DATASET_COMMANDS: tuple[str, ...] = (
 )
 
 #: modules whose commands sit at the top level (``lora-studio jobs ...``).
-TOP_LEVEL_COMMANDS: tuple[str, ...] = ("jobs", "caption", "lora")
+TOP_LEVEL_COMMANDS: tuple[str, ...] = ("jobs", "caption", "lora", "config_files")

@@ -246,8 +246,6 @@ def _comfy_key(key: str, family: str) -> str:
             return "peft's DoRA magnitude is not read; ComfyUI reads .dora_scale"
         return "not a tensor type ComfyUI reads"
     stem, suffix = split
-    if suffix.startswith("_lora.") or suffix.startswith(".lora."):
-        stem = stem  # old diffusers forms: the stem rules below still apply
     fmt = key_format(stem)
     if fmt == "comfyui":
         if stem.startswith("diffusion_model."):
