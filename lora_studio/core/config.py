@@ -837,15 +837,40 @@ def field_range(name: str) -> tuple[float | None, float | None]:
     return meta.get("min"), meta.get("max")
 
 
+#: Upgrade steps: ``MIGRATIONS[n]`` turns a saved config dict of version ``n`` into one of
+#: version ``n + 1`` (rename, split or drop settings; fill new ones whose default would
+#: change what an old file meant). Bump :data:`CONFIG_VERSION` and add the step together;
+#: ``tests/core/test_config_versions.py`` checks that no step is missing.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """Upgrade a saved config dict to :data:`CONFIG_VERSION`."""
-    version = int(data.get("config_version", 1))
+    """Upgrade a saved config dict to :data:`CONFIG_VERSION`, one step at a time.
+
+    A file without ``config_version`` is version 1 (the files written before versioning).
+
+    Raises:
+        ConfigError: the version is not a number, is newer than this LoRA Studio reads, or
+            has no upgrade path.
+    """
+    raw = data.get("config_version", 1)
+    try:
+        version = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config_version {raw!r} is not a version number.") from None
+    if (isinstance(raw, float) and not raw.is_integer()) or version < 1:
+        raise ConfigError(f"config_version {raw!r} is not a version number.")
     if version > CONFIG_VERSION:
         raise ConfigError(
             f"This config was written by a newer LoRA Studio (config version {version}); "
             f"this one reads up to version {CONFIG_VERSION}."
         )
-    # Version 1 is the first; later versions add their upgrade steps here, in order.
+    while version < CONFIG_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise ConfigError(f"No upgrade from config version {version} to {version + 1}.")
+        data = step(dict(data))
+        version += 1
     data["config_version"] = CONFIG_VERSION
     return data
 
