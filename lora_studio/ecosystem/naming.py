@@ -368,8 +368,9 @@ def kohya_te_component(prefix: str, family: str) -> str | None:
     for component, name in KOHYA_TE_PREFIX[family].items():
         if name == prefix:
             return component
-    # sd-scripts' SD 1.x files sometimes say lora_te1_ (and diffusers writes it).
-    if family == "sd15" and prefix == "lora_te1_":
+    # sd-scripts' SD 1.x files sometimes say lora_te1_ (and diffusers writes it); ComfyUI
+    # reads lora_te_ as the CLIP-L of every family.
+    if (family == "sd15" and prefix == "lora_te1_") or prefix == "lora_te_":
         return "text_encoder"
     return None
 
