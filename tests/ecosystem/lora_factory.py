@@ -31,6 +31,8 @@ class TinyLora:
     denoiser: dict[str, torch.Tensor]
     text_encoders: list[dict[str, torch.Tensor]]
     peft_configs: list[Any]
+    conv_rank: int = 0
+    conv_alpha: float = 1.0
 
     def expected(self) -> dict[tuple[str, str], torch.Tensor]:
         """``{(component, diffusers path): up @ down * alpha / rank}``."""
@@ -47,8 +49,9 @@ class TinyLora:
                 if component != "denoiser" and not module.startswith("text_model."):
                     module = "text_model." + module
                 up = state[key.replace("lora_A", "lora_B")]
+                alpha = self.conv_alpha if down.ndim == 4 else self.alpha
                 out[(component, module)] = (up.flatten(1) @ down.flatten(1)) * (
-                    self.alpha / down.shape[0]
+                    alpha / down.shape[0]
                 )
         return out
 
@@ -61,7 +64,13 @@ class TinyLora:
         return out
 
     def config(self) -> LoraConfig:
-        return LoraConfig(rank=self.rank, alpha=self.alpha, family=ModelFamily(self.family))
+        return LoraConfig(
+            rank=self.rank,
+            alpha=self.alpha,
+            family=ModelFamily(self.family),
+            conv_rank=self.conv_rank,
+            conv_alpha=self.conv_alpha,
+        )
 
     def write_trainer_kohya(self, path: Path) -> Path:
         """The file the trainer writes (``Family.kohya_keys`` + text encoders)."""
@@ -105,6 +114,8 @@ def make_tiny_lora(
     alpha: float = 2.0,
     text_encoders: bool = True,
     dora: bool = False,
+    conv_rank: int = 0,
+    conv_alpha: float = 1.0,
     seed: int = 1,
 ) -> TinyLora:
     """LoRA layers of ``family``'s default targets on the tiny model, with random up
@@ -123,16 +134,25 @@ def make_tiny_lora(
         names = ["text_encoder", "text_encoder_2"][: _TEXT_ENCODERS[family]]
         encoders = [_load(model, name) for name in names]
 
-    def config(targets: tuple[str, ...]) -> Any:
+    conv_targets = ("conv1", "conv2", "conv_shortcut", "conv")  # the trainer's LoCon layers
+
+    def config(targets: tuple[str, ...], conv: bool = False) -> Any:
+        patterns: dict[str, Any] = {}
+        if conv:
+            patterns = {
+                "rank_pattern": {t: conv_rank for t in conv_targets},
+                "alpha_pattern": {t: conv_alpha for t in conv_targets},
+            }
         return PeftConfig(
             r=rank,
             lora_alpha=alpha,
             init_lora_weights="gaussian",
-            target_modules=list(targets),
+            target_modules=list(targets) + (list(conv_targets) if conv else []),
             use_dora=dora,
+            **patterns,
         )
 
-    configs = [config(fam.denoiser_target_modules)]
+    configs = [config(fam.denoiser_target_modules, conv=bool(conv_rank))]
     inject_adapter_in_model(configs[0], denoiser)
     for encoder in encoders:
         configs.append(config(fam.text_encoder_target_modules))
@@ -156,6 +176,8 @@ def make_tiny_lora(
             for e in encoders
         ],
         configs,
+        conv_rank,
+        conv_alpha,
     )
 
 

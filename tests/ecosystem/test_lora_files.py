@@ -200,3 +200,22 @@ def test_inspect_imports_no_torch(tiny) -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_locon_convolutions_round_trip_and_load(tmp_path: Path) -> None:
+    """LoCon (conv_rank) layers on SD 1.5's resnets, down/up samplers: 4-D weights, their
+    own alpha."""
+    from lora_studio.ecosystem.check import check_lora
+
+    lora = make_tiny_lora("sd15", text_encoders=False, conv_rank=2, conv_alpha=1.0)
+    trainer = lora.write_trainer_kohya(tmp_path / "locon.safetensors")
+    info = inspect_lora(trainer)
+    assert any(m.conv for m in info.modules)
+    assert set(info.ranks) == {4, 2} and set(info.alphas) == {2.0, 1.0}
+    for fmt in FORMATS:
+        out = convert_file(trainer, fmt, tmp_path / f"{fmt}.safetensors").path
+        _assert_same_updates(out, lora)
+        back = convert_file(out, "kohya", tmp_path / f"{fmt}_back.safetensors").path
+        _assert_same_updates(back, lora)
+    report = check_lora(trainer)
+    assert report.ok, report.to_dict()
