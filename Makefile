@@ -52,6 +52,8 @@ lint: $(STAMP)
 
 screenshot: $(STAMP)
 	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(BIN)/python scripts/screenshot.py docs/screenshot.png
+	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(BIN)/python scripts/screenshot_captioning.py \
+		docs/screenshot-captioning.png --dialog docs/screenshot-caption-dialog.png --width 1600
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -248,7 +248,7 @@ class CaptionRunDialog(QDialog):
         form.addRow("Captions", mode_row)
         form.addRow("Trigger word", self.trigger_edit)
         form.addRow("Images", scope_row)
-        form.addRow("Requests", limits_row)
+        form.addRow("Limits", limits_row)
         self.form = form
         self.form_box = QWidget()
         self.form_box.setLayout(form)
@@ -275,6 +275,8 @@ class CaptionRunDialog(QDialog):
         self.failures = QListWidget()
         self.failures.setMaximumHeight(110)
         self.failures.setAlternatingRowColors(True)
+        self.failures.setWordWrap(True)
+        self.failures.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.failures_label.hide()
         self.failures.hide()
 
@@ -486,7 +488,8 @@ class CaptionRunDialog(QDialog):
         total = len(report.results) - len(report.skipped)
         self.progress_label.setText(
             {
-                RunState.FINISHED: f"Done: {done} / {total}",
+                RunState.FINISHED: f"Done: {done} / {total}"
+                + (f" ({len(report.failed)} failed)" if report.failed else ""),
                 RunState.CANCELLED: f"Stopped at {done} / {total}",
             }.get(report.state, "Failed")
         )

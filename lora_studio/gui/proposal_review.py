@@ -86,20 +86,45 @@ def diff_html(ops: Sequence[DiffOp], side: str) -> str:
     return "".join(parts)
 
 
-def paint_html(
-    painter: QPainter, rect: QRect, markup: str, font: QFont, color: QColor, max_lines: int = 0
-) -> None:
-    """Draw ``markup`` wrapped into ``rect`` (clipped to it) in ``font`` and ``color``."""
+def paint_html(painter: QPainter, rect: QRect, markup: str, font: QFont, color: QColor) -> None:
+    """Draw ``markup`` wrapped into ``rect`` in ``font`` and ``color``: only whole lines,
+    and an ellipsis after the last one shown when the text goes on (the tooltip has it)."""
     document = QTextDocument()
     document.setDefaultFont(font)
     document.setDocumentMargin(0)
     document.setTextWidth(max(10, rect.width()))
     document.setHtml(f'<span style="color:{color.name()};">{markup}</span>')
+    document.size()  # lays the text out
+    shown = 0.0
+    cut = False
+    block = document.firstBlock()
+    while block.isValid() and not cut:
+        layout = block.layout()
+        top = layout.position().y()
+        for number in range(layout.lineCount()):
+            line = layout.lineAt(number)
+            bottom = top + line.y() + line.height()
+            if bottom > rect.height() + 0.5:
+                cut = True
+                break
+            shown = bottom
+        block = block.next()
     painter.save()
-    painter.setClipRect(rect)
+    painter.setClipRect(QRect(rect.left(), rect.top(), rect.width(), int(shown)))
     painter.translate(rect.topLeft())
     document.drawContents(painter)
     painter.restore()
+    if cut and shown > 0:
+        metrics = QFontMetrics(font)
+        painter.save()
+        painter.setFont(font)
+        painter.setPen(color)
+        painter.drawText(
+            QRect(rect.left(), rect.top() + int(shown), rect.width(), metrics.height()),
+            int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop),
+            "\u2026",
+        )
+        painter.restore()
 
 
 def origin_text(view: ProposalView) -> str:
@@ -169,6 +194,31 @@ class ProposalDelegate(QStyledItemDelegate):
             left_of_buttons - rect.left(),
             BUTTON_HEIGHT,
         )
+        if origin_rect.width() >= 48:
+            self._paint_origin(painter, origin_rect, view, small, color, selected)
+        for action, text in self.button_labels(view):
+            button = QStyleOptionButton()
+            button.rect = buttons[action]
+            button.text = text
+            button.state = QStyle.StateFlag.State_Enabled | QStyle.StateFlag.State_Raised
+            button.palette = opt.palette
+            if action == OVERWRITE:
+                button.palette.setColor(QPalette.ColorRole.ButtonText, artwork.WARNING)
+            elif action == ACCEPT:
+                button.palette.setColor(QPalette.ColorRole.ButtonText, INSERTED)
+            else:
+                button.palette = QApplication.palette()
+            style.drawControl(QStyle.ControlElement.CE_PushButton, button, painter, widget)
+
+    def _paint_origin(
+        self,
+        painter: QPainter,
+        origin_rect: QRect,
+        view: ProposalView,
+        small: QFont,
+        color: QColor,
+        selected: bool,
+    ) -> None:
         painter.save()
         painter.setFont(small)
         painter.setPen(color if selected else artwork.MUTED)
@@ -183,19 +233,6 @@ class ProposalDelegate(QStyledItemDelegate):
             QFontMetrics(small).elidedText(label, Qt.TextElideMode.ElideRight, origin_rect.width()),
         )
         painter.restore()
-        for action, text in self.button_labels(view):
-            button = QStyleOptionButton()
-            button.rect = buttons[action]
-            button.text = text
-            button.state = QStyle.StateFlag.State_Enabled | QStyle.StateFlag.State_Raised
-            button.palette = opt.palette
-            if action == OVERWRITE:
-                button.palette.setColor(QPalette.ColorRole.ButtonText, artwork.WARNING)
-            elif action == ACCEPT:
-                button.palette.setColor(QPalette.ColorRole.ButtonText, INSERTED)
-            else:
-                button.palette = QApplication.palette()
-            style.drawControl(QStyle.ControlElement.CE_PushButton, button, painter, widget)
 
     def sizeHint(self, option: QStyleOptionViewItem, index: Index) -> QSize:  # noqa: N802
         return QSize(200, 60)
@@ -282,7 +319,7 @@ class ReviewBar(QFrame):
     def set_counts(self, pending: int, conflicts: int, selected: int) -> None:
         """``pending`` proposals (``conflicts`` of them), ``selected`` among the selection."""
         self.setVisible(pending > 0)
-        text = f"<b>{pending}</b> proposed caption{'' if pending == 1 else 's'} to review"
+        text = f"<b>{pending}</b> proposed caption{'' if pending == 1 else 's'}"
         if conflicts:
             text += (
                 f" \u00b7 <span style='color:{artwork.WARNING.name()}'>{conflicts} "
