@@ -5,6 +5,8 @@
 * ``convert FILE --to kohya|diffusers|comfyui OUT`` - lossless conversion.
 * ``check FILE [--base-model REF]`` - does it load in diffusers, ComfyUI and
   Automatic1111/Forge?
+* ``upload FILE OWNER/NAME [--sample IMG]... [--public]`` - to the Hugging Face Hub with a
+  model card (token from ``HF_TOKEN`` or the keyring).
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def register_top_level(subparsers: Any) -> None:
     check.add_argument("--family", choices=FAMILY_CHOICES, help="when the file does not tell")
     check.add_argument("--no-load", action="store_true", help="check key names only")
     check.add_argument("--json", action="store_true", help="print JSON")
+    upload = lsub.add_parser("upload", help="publish on the Hugging Face Hub with a model card")
+    upload.add_argument("file", help="a LoRA .safetensors file")
+    upload.add_argument("repo", help="the Hub model repository, owner/name")
+    upload.add_argument(
+        "--sample", action="append", default=[], metavar="IMAGE", help="a sample image (repeat)"
+    )
+    upload.add_argument("--public", action="store_true", help="a public repository")
+    upload.add_argument(
+        "--card-only", action="store_true", help="print the model card, upload nothing"
+    )
     lora.set_defaults(run=run)
 
 
@@ -51,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         return _inspect(args)
     if args.lora_command == "convert":
         return _convert(args)
+    if args.lora_command == "upload":
+        return _upload(args)
     return _check(args)
 
 
@@ -93,3 +107,17 @@ def _check(args: argparse.Namespace) -> int:
     else:
         print(format_check(report))
     return 0 if report.ok else 1
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from lora_studio.ecosystem.hub import model_card, upload_lora
+    from lora_studio.ecosystem.lora_file import inspect_lora
+
+    if args.card_only:
+        names = [f"samples/{i:02d}_{s.rsplit('/', 1)[-1]}" for i, s in enumerate(args.sample)]
+        print(model_card(inspect_lora(args.file), args.repo, names))
+        return 0
+    result = upload_lora(args.file, args.repo, samples=args.sample, private=not args.public)
+    print(f"uploaded {', '.join(result.files)}", file=sys.stderr)
+    print(result.url)
+    return 0
