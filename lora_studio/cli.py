@@ -38,7 +38,14 @@ from lora_studio.core.config import FIELDS, PRESETS, LoraConfig, ModelFamily, en
 from lora_studio.core.dataset import Dataset
 from lora_studio.core.errors import ConfigError, LoraStudioError
 from lora_studio.core.estimates import format_duration
-from lora_studio.core.jobs import BackendType, JobSpec, JobStatus, JobStore, Progress
+from lora_studio.core.jobs import (
+    BackendType,
+    JobSpec,
+    JobStatus,
+    JobStore,
+    JobStoreError,
+    Progress,
+)
 from lora_studio.core.paths import default_output_dir, job_db_path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -410,6 +417,16 @@ def _backend_spec(args: argparse.Namespace, config: LoraConfig, output: Path) ->
     )
 
 
+def _open_history() -> JobStore | None:
+    """The job history, or ``None`` (with a warning) when it cannot be opened: a run
+    never fails for want of its history."""
+    try:
+        return JobStore(job_db_path())
+    except JobStoreError as exc:
+        print(f"lora-studio: warning: {exc} Training without a history entry.", file=sys.stderr)
+        return None
+
+
 def _remote_family(args: argparse.Namespace) -> ModelFamily | None:
     """The family a remote trainer trains (the base model is on the server)."""
     if args.backend == BackendType.REPLICATE.value:
@@ -432,7 +449,7 @@ def _train(args: argparse.Namespace) -> int:
     # Under `accelerate launch` every process runs this command; only the first speaks
     # (and records the job in the history).
     main_process = os.environ.get("RANK", "0") == "0"
-    store = JobStore(job_db_path()) if main_process else None
+    store = _open_history() if main_process else None
     creator = LoraCreator(args.base_model, output, job_store=store).with_config(config)
     creator.load_dataset(args.dataset)
     spec = _backend_spec(args, config, output)

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,9 +39,11 @@ from lora_studio.core.errors import (
     LoraStudioError,
 )
 from lora_studio.core.estimates import Estimate, estimate
-from lora_studio.core.jobs import BackendType, Job, JobStore, Progress
+from lora_studio.core.jobs import BackendType, Job, JobStore, JobStoreError, Progress
 from lora_studio.core.paths import default_output_dir
 from lora_studio.core.request import TrainingRequest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -271,5 +274,10 @@ class LoraCreator:
             raise BackendError(f"Unknown job {job_id}.") from None
 
     def _save(self, job: Job) -> None:
+        """Record ``job`` in the history; a history that cannot be written (a full disk)
+        is logged and never stops the run."""
         if self.job_store is not None:
-            self.job_store.save(job)
+            try:
+                self.job_store.save(job)
+            except JobStoreError as exc:
+                log.warning("%s The run goes on without it.", exc)

@@ -5,17 +5,23 @@ SQLite-backed :class:`JobStore` that keeps the history.
 from __future__ import annotations
 
 import enum
+import functools
 import json
+import logging
 import os
 import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from lora_studio.core.errors import LoraStudioError
+
+log = logging.getLogger(__name__)
 
 
 class JobStatus(enum.StrEnum):
@@ -321,6 +327,33 @@ _COLUMNS = (
 )
 
 
+class JobStoreError(LoraStudioError):
+    """The job history file cannot be read or written (full disk, read-only folder,
+    a damaged file)."""
+
+
+_T = TypeVar("_T")
+
+
+def _db_errors(what: str) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Turn an SQLite error in a :class:`JobStore` method into a :class:`JobStoreError`
+    that names the file, what was being done and why."""
+
+    def wrap(method: Callable[..., _T]) -> Callable[..., _T]:
+        @functools.wraps(method)
+        def guarded(self: JobStore, *args: Any, **kwargs: Any) -> _T:
+            try:
+                return method(self, *args, **kwargs)
+            except (sqlite3.Error, OSError) as exc:
+                raise JobStoreError(
+                    f"The job history ({self.path}) could not be {what}: {exc}."
+                ) from None
+
+        return guarded
+
+    return wrap
+
+
 class JobStore:
     """Job history in an SQLite file (``":memory:"`` for a throw-away store): each job's
     spec, status transitions with times, log lines, loss series, output and cost.
@@ -330,6 +363,7 @@ class JobStore:
     time. Older files are migrated in place (``PRAGMA user_version``).
     """
 
+    @_db_errors("opened")
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -342,8 +376,16 @@ class JobStore:
             self._db.executescript(_SCHEMA_V1)
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0]) or 1
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                self._db.executescript(_MIGRATIONS[target])
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                # Each step is one transaction with its version number: a step that fails
+                # halfway (a full disk, a kill) leaves the file at the previous version.
+                try:
+                    self._db.executescript(
+                        f"BEGIN;\n{_MIGRATIONS[target]}\nPRAGMA user_version = {target};\nCOMMIT;"
+                    )
+                except sqlite3.Error:
+                    if self._db.in_transaction:
+                        self._db.rollback()
+                    raise
 
     def close(self) -> None:
         with self._lock:
@@ -351,6 +393,7 @@ class JobStore:
 
     # ---- jobs ------------------------------------------------------------------------
 
+    @_db_errors("written")
     def save(self, job: Job) -> None:
         """Insert or update ``job`` (a status change is also recorded as an event)."""
         job.updated_at = time.time()
@@ -395,6 +438,7 @@ class JobStore:
                     (job.id, job.updated_at, job.status.value, job.error or job.message or ""),
                 )
 
+    @_db_errors("read")
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             cur = self._db.execute(
@@ -403,6 +447,7 @@ class JobStore:
             row = cur.fetchone()
         return _row_to_job(row) if row else None
 
+    @_db_errors("read")
     def find(self, prefix: str) -> list[Job]:
         """Jobs whose id starts with ``prefix`` (so the CLI can take a short id)."""
         with self._lock:
@@ -414,6 +459,7 @@ class JobStore:
             rows = cur.fetchall()
         return [_row_to_job(r) for r in rows]
 
+    @_db_errors("read")
     def list(self, limit: int = 100, statuses: Iterable[JobStatus] | None = None) -> list[Job]:
         """Most recent first (optionally only jobs in ``statuses``)."""
         query = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
@@ -434,12 +480,14 @@ class JobStore:
         jobs = self.list(limit=10_000, statuses=open_statuses)
         return sorted(jobs, key=lambda j: (j.position, j.created_at))
 
+    @_db_errors("written")
     def delete(self, job_id: str) -> None:
         with self._lock, self._db:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     # ---- history -----------------------------------------------------------------------
 
+    @_db_errors("read")
     def events(self, job_id: str) -> list[JobEvent]:
         with self._lock:
             rows = self._db.execute(
@@ -448,6 +496,7 @@ class JobStore:
             ).fetchall()
         return [JobEvent(at, JobStatus(status), message) for at, status, message in rows]
 
+    @_db_errors("written")
     def append_logs(self, job_id: str, lines: Iterable[str]) -> None:
         new = list(lines)
         if not new:
@@ -461,6 +510,7 @@ class JobStore:
                 [(job_id, last + i, line) for i, line in enumerate(new, start=1)],
             )
 
+    @_db_errors("read")
     def logs(self, job_id: str, tail: int | None = None) -> list[str]:
         with self._lock:
             if tail is None:
@@ -475,6 +525,7 @@ class JobStore:
                 ).fetchall()
         return [line for (line,) in rows]
 
+    @_db_errors("written")
     def record_losses(self, job_id: str, points: Iterable[tuple[int, float]]) -> None:
         with self._lock, self._db:
             self._db.executemany(
@@ -482,6 +533,7 @@ class JobStore:
                 [(job_id, int(step), float(loss)) for step, loss in points],
             )
 
+    @_db_errors("read")
     def losses(self, job_id: str) -> list[tuple[int, float]]:
         with self._lock:
             rows = self._db.execute(
@@ -498,8 +550,19 @@ class ProgressRecorder:
         self.store = store
         self._seen: dict[str, set[str]] = {}
         self._last_step: dict[str, int] = {}
+        self._failed: set[str] = set()
 
     def record(self, job: Job, progress: Progress) -> None:
+        """Record ``progress``; a history that cannot be written (a full disk) is logged
+        once per job and never stops the run."""
+        try:
+            self._record(job, progress)
+        except JobStoreError as exc:
+            if job.id not in self._failed:
+                self._failed.add(job.id)
+                log.warning("%s The run goes on without it.", exc)
+
+    def _record(self, job: Job, progress: Progress) -> None:
         seen = self._seen.setdefault(job.id, set())
         new_lines = [line for line in progress.log_tail if line not in seen]
         seen.update(new_lines)

@@ -22,6 +22,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from lora_studio.core.base_model import BUILTIN_MODELS, builtin_model_path
 from lora_studio.core.config import ModelFamily
 from lora_studio.core.errors import ModelError
@@ -266,4 +268,6 @@ def ensure_builtin_model(name: str) -> Path:
                 raise ModelError(
                     f"Cannot build the built-in model in {folder}: {exc.strerror or exc}."
                 ) from None
+            except SafetensorError as exc:  # its writer's I/O errors (a full disk)
+                raise ModelError(f"Cannot build the built-in model in {folder}: {exc}.") from None
     return folder
