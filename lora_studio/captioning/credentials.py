@@ -56,7 +56,8 @@ class TokenLookup:
 
     Attributes:
         token: the token (``None``: none found). Not part of ``repr``.
-        source: ``explicit``, ``env:NAME``, ``keyring`` or ``none``.
+        source: ``explicit``, ``env:NAME``, ``keyring``, ``file`` (the fallback file of
+            :mod:`lora_studio.core.secrets`) or ``none``.
         notes: user-facing lines about what went wrong on the way (keyring unavailable...).
     """
 
@@ -103,13 +104,17 @@ def find_token(
         token, problem = _keyring_get(source)
         if token:
             return TokenLookup(token, "keyring", tuple(notes))
+        from_file = secrets.file_token(source)
+        if from_file:
+            return TokenLookup(from_file, "file", tuple(notes))
         if problem:
             notes.append(f"{problem} Set {source.env_var} in the environment instead.")
     return TokenLookup(None, "none", tuple(notes))
 
 
-def store_token(kind: str, token: str) -> None:
-    """Save ``token`` for provider ``kind`` in the OS keyring.
+def store_token(kind: str, token: str) -> str | None:
+    """Save ``token`` for provider ``kind`` in the OS keyring (or, on a system without one,
+    the owner-only fallback file: the warning to show is returned).
 
     Raises:
         CredentialsError: an empty token, or no usable keyring (the message names the
@@ -119,7 +124,7 @@ def store_token(kind: str, token: str) -> None:
     if not token.strip():
         raise CredentialsError("The token is empty; nothing was stored.")
     try:
-        secrets.save_token(source, token)
+        return secrets.save_token(source, token)
     except secrets.SecretError as exc:
         raise CredentialsError(str(exc)) from None
     except Exception as exc:  # third-party backends raise their own types (dbus...)

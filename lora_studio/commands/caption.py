@@ -640,17 +640,21 @@ def _set_token(args: argparse.Namespace) -> int:
     source = SOURCES[kind]
     if args.delete:
         delete_token(kind)
-        print(f"Removed the {source.label} token from the OS keyring (if one was there).")
+        print(f"Removed the stored {source.label} token (if one was there).")
         return EXIT_OK
     if sys.stdin.isatty():
         token = getpass.getpass(f"{source.label} token (not shown): ")
     else:
         token = sys.stdin.readline()
-    store_token(kind, token)
-    print(
-        f"Stored the {source.label} token in the OS keyring (service lora-studio, user "
-        f"{source.key})."
-    )
+    warning = store_token(kind, token)
+    if warning:
+        _warn(warning)
+        print(f"Stored the {source.label} token in the fallback file.")
+    else:
+        print(
+            f"Stored the {source.label} token in the OS keyring (service lora-studio, user "
+            f"{source.key})."
+        )
     return EXIT_OK
 
 

@@ -14,13 +14,13 @@ import pytest
 from caption_servers import HF_TOKEN, hf_inference
 
 from lora_studio.captioning.credentials import (
-    CredentialsError,
     delete_token,
     find_token,
     store_token,
 )
 from lora_studio.captioning.registry import create_provider
 from lora_studio.cli import main
+from lora_studio.core.secrets import fallback_file
 
 
 class MemoryKeyring(keyring.backend.KeyringBackend):
@@ -102,8 +102,12 @@ def test_without_a_keyring_backend_the_lookup_says_why_and_uses_the_env(
     assert "HF_TOKEN" in note
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
     assert find_token("hf-api").token == HF_TOKEN
-    with pytest.raises(CredentialsError, match="HF_TOKEN"):
-        store_token("hf-api", "x" * 20)
+    # saving falls back to the owner-only file, with a warning that says so
+    warning = store_token("hf-api", "x" * 20)
+    assert warning is not None and "no keyring" in warning and "readable only by you" in warning
+    monkeypatch.delenv("HF_TOKEN")
+    lookup = find_token("hf-api")
+    assert (lookup.token, lookup.source) == ("x" * 20, "file")
 
 
 def test_a_broken_keyring_is_a_note_not_a_crash(no_env) -> None:
@@ -148,11 +152,16 @@ def test_cli_set_token_reads_stdin_and_never_prints_it(
     assert memory_keyring.passwords == {}
 
 
-def test_cli_set_token_without_a_keyring_fails_with_one_line(
+def test_cli_set_token_without_a_keyring_warns_and_keeps_it_owner_only(
     no_keyring, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("hf_secret_value_123\n"))
-    assert main(["caption", "set-token"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("lora-studio: error:") and err.count("\n") == 1
-    assert "HF_TOKEN" in err and "hf_secret_value_123" not in err
+    assert main(["caption", "set-token"]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("lora-studio: warning:") and err.count("\n") == 1
+    assert "no keyring" in err and "hf_secret_value_123" not in out + err
+    path = fallback_file()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert find_token("hf-api").token == "hf_secret_value_123"
+    assert main(["caption", "set-token", "--delete"]) == 0
+    assert not path.exists()
