@@ -25,7 +25,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lora_studio.core.atomic import atomic_write_bytes
 from lora_studio.core.errors import OutputError
@@ -34,6 +34,8 @@ from lora_studio.ecosystem.lora_file import (
     DEFAULT_VERSIONS,
     FAMILIES,
     LoraFileError,
+    adapter_metadata,
+    diffusers_alpha,
     family_from_metadata,
     family_from_names,
     key_format,
@@ -107,9 +109,7 @@ class Conversion:
 # ---- reading -----------------------------------------------------------------------------------
 
 
-def load_lora(
-    path: str | Path, *, family: str | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of a safetensors file."""
     from safetensors import safe_open
 
@@ -169,7 +169,7 @@ def read_canonical(
     comfy_denoiser = {k: v for k, v in tensors.items() if k.startswith("diffusion_model.")}
     if comfy_denoiser:
         _read_comfy_denoiser(lora, comfy_denoiser, metadata)
-    adapter_meta = _adapter_metadata(metadata)
+    adapter_meta = adapter_metadata(metadata)
     for stem, parts in stems.items():
         if stem.startswith("diffusion_model."):
             continue
@@ -183,31 +183,12 @@ def read_canonical(
         alpha = (
             float(parts["alpha"].float().item())
             if "alpha" in parts
-            else _diffusers_alpha(adapter_meta, stem, int(parts["down"].shape[0]))
+            else diffusers_alpha(adapter_meta, stem, int(parts["down"].shape[0]))
         )
         _add_stem(lora, stem, parts, alpha)
     if not lora.modules:
         raise LoraFileError("The file holds no LoRA layers.")
     return lora
-
-
-def _adapter_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
-    try:
-        data = json.loads(metadata.get("lora_adapter_metadata") or "{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _diffusers_alpha(adapter_meta: Mapping[str, Any], stem: str, rank: int) -> float:
-    head, _, module = stem.partition(".")
-    pattern = adapter_meta.get(f"{head}.alpha_pattern") or {}
-    if isinstance(pattern, dict):
-        for key, value in pattern.items():
-            if module == key or module.endswith("." + key):
-                return float(value)
-    alpha = adapter_meta.get(f"{head}.lora_alpha")
-    return float(alpha) if alpha is not None else float(rank)
 
 
 def _add(lora: CanonicalLora, module: LoraModule) -> None:

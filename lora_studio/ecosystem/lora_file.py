@@ -283,7 +283,7 @@ def inspect_lora(path: str | Path, *, family: str | None = None, top: int = 20) 
             + ", ".join(f"{n} {f}" for f, n in formats.most_common())
             + "."
         )
-    adapter_meta = _adapter_metadata(header.metadata)
+    adapter_meta = adapter_metadata(header.metadata)
     modules: list[ModuleInfo] = []
     for stem, parts in sorted(groups.items()):
         down = parts.get("down")
@@ -296,16 +296,16 @@ def inspect_lora(path: str | Path, *, family: str | None = None, top: int = 20) 
         rank = int(down.shape[0])
         component = stem_component(stem)
         if "alpha" in parts:
-            alpha = header.read_scalar(_alpha_key(header, stem))
+            alpha = header.read_scalar(stem + ".alpha")
         else:
-            alpha = _diffusers_alpha(adapter_meta, stem, rank)
+            alpha = diffusers_alpha(adapter_meta, stem, rank)
         modules.append(
             ModuleInfo(stem, component, rank, alpha, len(down.shape) == 4, "magnitude" in parts)
         )
     if not modules:
         raise LoraFileError(f"{header.path} holds no complete LoRA layers.")
     fam, source = detect_family(header, modules, family)
-    version = _base_model_version(header.metadata, fam, modules)
+    version = _base_model_version(header, fam, modules)
     components = sorted({m.component for m in modules}, key=_component_order)
     return LoraInfo(
         path=header.path,
@@ -325,10 +325,6 @@ def inspect_lora(path: str | Path, *, family: str | None = None, top: int = 20) 
     )
 
 
-def _alpha_key(header: SafetensorsHeader, stem: str) -> str:
-    return stem + ".alpha"
-
-
 def _component_order(name: str) -> tuple[int, str]:
     return (0 if name == "denoiser" else 1, name)
 
@@ -337,7 +333,8 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _adapter_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
+def adapter_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """diffusers' ``lora_adapter_metadata`` JSON (peft config per component), or ``{}``."""
     raw = metadata.get("lora_adapter_metadata")
     if not raw:
         return {}
@@ -348,7 +345,7 @@ def _adapter_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _diffusers_alpha(adapter_meta: Mapping[str, Any], stem: str, rank: int) -> float:
+def diffusers_alpha(adapter_meta: Mapping[str, Any], stem: str, rank: int) -> float:
     """The alpha diffusers applies to a peft-format module: ``lora_adapter_metadata``'s
     ``alpha_pattern`` / ``lora_alpha`` for the stem's component, else the rank."""
     head, _, module = stem.partition(".")
@@ -358,13 +355,7 @@ def _diffusers_alpha(adapter_meta: Mapping[str, Any], stem: str, rank: int) -> f
             if module == key or module.endswith("." + key):
                 return float(value)
     alpha = adapter_meta.get(f"{head}.lora_alpha")
-    rank_pattern = adapter_meta.get(f"{head}.rank_pattern") or {}
-    if alpha is not None:
-        if isinstance(rank_pattern, dict) and rank_pattern:
-            # peft keeps lora_alpha for pattern ranks too: the scale is alpha / r.
-            return float(alpha)
-        return float(alpha)
-    return float(rank)
+    return float(alpha) if alpha is not None else float(rank)
 
 
 #: leaf module names, longest first, for naming the targets of kohya keys.
@@ -564,10 +555,18 @@ def _block(name: str) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
-def _base_model_version(metadata: Mapping[str, str], family: str, modules: list[ModuleInfo]) -> str:
-    version = metadata.get("ss_base_model_version")
+def _base_model_version(header: SafetensorsHeader, family: str, modules: list[ModuleInfo]) -> str:
+    version = header.metadata.get("ss_base_model_version")
     if version:
         return version
+    if family == "sd15":
+        # SD 2.x cross-attends to OpenCLIP-H's 1024-wide states, SD 1.x to CLIP-L's 768.
+        for module in modules:
+            if module.stem.replace(".", "_").endswith("attn2_to_k"):
+                shape = header.tensors[_down_key(header, module.stem)].shape
+                if len(shape) == 2 and shape[1] == 1024:
+                    return "sd_v2"
+                break
     return DEFAULT_VERSIONS.get(family, "unknown")
 
 

@@ -219,3 +219,41 @@ def test_locon_convolutions_round_trip_and_load(tmp_path: Path) -> None:
         _assert_same_updates(back, lora)
     report = check_lora(trainer)
     assert report.ok, report.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("module", "down_shape", "family", "version"),
+    [
+        ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", (4, 1024), "sd15", "sd_v2"),
+        ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", (4, 768), "sd15", "sd_v1"),
+        ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q", (4, 640), "sdxl", "sdxl_base_v1-0"),
+        ("lora_unet_double_blocks_0_img_attn_qkv", (12, 3072), "flux", "flux1"),
+        ("lora_unet_joint_blocks_0_x_block_attn_qkv", (12, 1536), "sd3", "sd3"),
+        ("transformer.single_transformer_blocks.0.attn.to_q", (4, 3072), "flux", "flux1"),
+    ],
+)  # fmt: skip
+def test_family_from_names_alone(
+    tmp_path: Path, module: str, down_shape: tuple[int, int], family: str, version: str
+) -> None:
+    """Files without metadata; alphas stored as bf16 (as some trainers do)."""
+    path = tmp_path / "bare.safetensors"
+    if module.startswith("lora_"):
+        tensors = {
+            f"{module}.lora_down.weight": torch.zeros(down_shape),
+            f"{module}.lora_up.weight": torch.zeros(8, down_shape[0]),
+            f"{module}.alpha": torch.tensor(3.0, dtype=torch.bfloat16),
+        }
+    else:
+        tensors = {
+            f"{module}.lora_A.weight": torch.zeros(down_shape),
+            f"{module}.lora_B.weight": torch.zeros(8, down_shape[0]),
+        }
+    save_file(tensors, str(path))
+    info = inspect_lora(path)
+    assert (info.family, info.family_source, info.base_model_version) == (
+        family,
+        "layer names",
+        version,
+    )
+    expected_alpha = 3.0 if module.startswith("lora_") else float(down_shape[0])
+    assert info.alphas == {expected_alpha: 1}
