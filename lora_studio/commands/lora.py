@@ -20,7 +20,7 @@ FAMILY_CHOICES = ("sd15", "sdxl", "sd3", "flux")
 
 
 def register_top_level(subparsers: Any) -> None:
-    lora = subparsers.add_parser("lora", help="inspect, convert and check LoRA files")
+    lora = subparsers.add_parser("lora", help="inspect, convert, check and upload LoRA files")
     lsub = lora.add_subparsers(dest="lora_command", metavar="ACTION", required=True)
     inspect = lsub.add_parser("inspect", help="what a LoRA file is: format, family, ranks...")
     inspect.add_argument("file", help="a LoRA .safetensors file")
