@@ -440,6 +440,16 @@ def _train(args: argparse.Namespace) -> int:
     from lora_studio.creator import LoraCreator
 
     remote = args.backend != BackendType.LOCAL.value
+    if args.backend == BackendType.COMFYUI.value:
+        if not args.backend_url:
+            raise ConfigError(
+                "Training on ComfyUI needs the server's URL: --backend-url http://HOST:8188."
+            )
+        if not args.checkpoint and args.base_model == DEFAULT_BASE_MODEL:
+            raise ConfigError(
+                "ComfyUI trains on one of the server's checkpoints: name it with --checkpoint "
+                "(as in its models/checkpoints folder, e.g. v1-5-pruned-emaonly.safetensors)."
+            )
     if remote:
         family, _tiny = _remote_family(args), False
     else:

@@ -102,7 +102,7 @@ from lora_studio.core.errors import BackendError, DatasetError, LoraStudioError,
 from lora_studio.core.estimates import format_duration, plan_steps
 from lora_studio.core.jobs import LOG_TAIL, MAX_HISTORY, BackendType, Job, JobStatus, Progress
 from lora_studio.core.request import TrainingRequest
-from lora_studio.core.secrets import COMFYUI, get_token, redact
+from lora_studio.core.secrets import COMFYUI, get_token, redact, redacting_logger
 
 log = logging.getLogger(__name__)
 
@@ -1363,6 +1363,8 @@ class ComfyUIBackend:
                     headers_argument: self._auth_headers(),
                     "open_timeout": self.config.timeout_s,
                     "max_size": None,  # preview images can be large
+                    # its DEBUG lines carry the handshake's headers: the token hidden
+                    "logger": redacting_logger("websockets.client"),
                 }
                 async with connect(url, **options) as socket:
                     run.ws_connected = True

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,33 @@ def redact(text: str, *secrets: str | None) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+_AUTH_HEADER = re.compile(
+    r"(?i)\b(authorization|x-api-key|api-key)(['\"]?\s*[:=,]\s*['\"]?)[^\r\n'\";,]+"
+)
+_BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+")
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that hides credentials in a record: ``Authorization`` headers,
+    ``Bearer`` tokens. For libraries that log their requests at DEBUG with every header
+    (the ``websockets`` client does)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = _BEARER.sub("Bearer ***", _AUTH_HEADER.sub(r"\1\2***", message))
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
+
+
+def redacting_logger(name: str) -> logging.Logger:
+    """The logger ``name`` with a :class:`RedactingFilter` on it (once)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+    return logger
 
 
 def _no_keyring(source: TokenSource) -> str:

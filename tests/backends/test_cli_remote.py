@@ -210,6 +210,7 @@ def test_a_comfyui_server_that_is_not_there_is_a_clear_message(
 ) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     args = ["train", str(small_dataset), "--backend", "comfyui", "--backend-url", url]
+    args += ["--checkpoint", "v1-5-pruned-emaonly.safetensors"]
     assert main([*args, "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert url in err and "Traceback" not in err
@@ -219,3 +220,10 @@ def test_comfyui_needs_its_url(small_dataset: Path, capsys) -> None:
     assert main(["train", str(small_dataset), "--backend", "comfyui"]) != 0
     err = capsys.readouterr().err
     assert "URL" in err and "Traceback" not in err
+
+
+def test_comfyui_needs_a_checkpoint_of_the_server(small_dataset: Path, capsys) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    assert main(["train", str(small_dataset), "--backend", "comfyui", "--backend-url", url]) == 1
+    err = capsys.readouterr().err
+    assert "--checkpoint" in err and "Traceback" not in err

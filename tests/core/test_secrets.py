@@ -105,3 +105,21 @@ def test_without_any_place_to_keep_it_saving_names_the_environment_variable(
 
 def test_redact_hides_every_secret() -> None:
     assert redact("Bearer hf_abc failed for hf_abc", "hf_abc", None) == "Bearer *** failed for ***"
+
+
+def test_the_redacting_filter_hides_headers_and_bearer_tokens(caplog) -> None:
+    import logging
+
+    from lora_studio.core.secrets import redacting_logger
+
+    logger = redacting_logger("lora_studio.test.redact")
+    with caplog.at_level(logging.DEBUG, logger="lora_studio.test.redact"):
+        logger.debug("> Authorization: Bearer sk-abc123")
+        logger.debug("headers %s", {"authorization": "Token r8_xyz", "accept": "json"})
+        logger.debug("retrying with bearer hf_TOKEN.value-1 now")
+        logger.debug("x-api-key=plainsecret; other=fine")
+    text = caplog.text
+    for secret in ("sk-abc123", "r8_xyz", "hf_TOKEN.value-1", "plainsecret"):
+        assert secret not in text
+    assert "other=fine" in text and "'accept': 'json'" in text
+    assert len(redacting_logger("lora_studio.test.redact").filters) == 1
