@@ -14,7 +14,7 @@ import hashlib
 import json
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,12 +44,18 @@ class RunFacts:
     mixed_precision: str
 
 
+#: UNet convolutions that get LoRA layers when ``conv_rank`` is set (LoCon); peft's
+#: ``rank_pattern``/``alpha_pattern`` match them as the last part of a module's name.
+CONV_TARGETS = ("conv1", "conv2", "conv_shortcut", "conv")
+
+
 def kohya_lora_keys(
     peft_state: Mapping[str, torch.Tensor],
     prefix: str,
     *,
     alpha: float,
     conv_alpha: float | None = None,
+    conv_targets: Collection[str] | None = None,
     module_root: str = "",
 ) -> dict[str, torch.Tensor]:
     """Rename one peft state dict to kohya keys and add each module's ``.alpha``.
@@ -63,7 +69,11 @@ def kohya_lora_keys(
         peft_state: ``get_peft_model_state_dict(module)``.
         prefix: ``lora_unet_``, ``lora_te_``, ``lora_te1_``...
         alpha: the LoRA alpha (scale = alpha / rank).
-        conv_alpha: alpha of convolution LoRA layers (LoCon).
+        conv_alpha: alpha of convolution LoRA layers (LoCon); pass it only when they were
+            trained with it (``conv_rank`` set).
+        conv_targets: with ``conv_alpha``, only 4-D modules whose name ends in one of these
+            get it (a convolution named in custom target modules, such as SD 1.5's
+            ``proj_in``, was trained with ``alpha``); ``None``: every 4-D module.
         module_root: prepended to module paths that lack it (``text_model.`` for CLIP).
     """
     import torch
@@ -79,7 +89,10 @@ def kohya_lora_keys(
             value = _kohya_dora_shape(value)
         out[name + kohya_suffix] = value
         if kohya_suffix == ".lora_down.weight":
-            module_alpha = conv_alpha if (value.ndim == 4 and conv_alpha is not None) else alpha
+            is_conv = value.ndim == 4 and conv_alpha is not None
+            if is_conv and conv_targets is not None:
+                is_conv = module.rsplit(".", 1)[-1] in conv_targets
+            module_alpha = conv_alpha if is_conv else alpha
             out[name + ".alpha"] = torch.tensor(float(module_alpha), dtype=torch.float32)
     return out
 

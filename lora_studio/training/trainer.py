@@ -57,6 +57,7 @@ from lora_studio.training.data import (
     varied_caption,
 )
 from lora_studio.training.export import (
+    CONV_TARGETS,
     RunFacts,
     diffusers_adapter_metadata,
     kohya_metadata,
@@ -73,9 +74,6 @@ if TYPE_CHECKING:
     from lora_studio.training.families.base import Components, Family
 
 log = logging.getLogger(__name__)
-
-#: UNet convolutions that get LoRA layers when ``conv_rank`` is set (LoCon).
-CONV_TARGETS = ("conv1", "conv2", "conv_shortcut", "conv")
 
 
 class TrainerCallbacks(Protocol):

@@ -280,6 +280,23 @@ def test_dora_and_conv_layers_export_and_load(small_dataset, tmp_path, tiny_mode
     pipe.load_lora_weights(str(result.output_path))  # diffusers reads DoRA + conv keys
 
 
+def test_a_convolution_among_custom_targets_keeps_the_lora_alpha(small_dataset, tmp_path):
+    """SD 1.5's ``proj_in`` is a 1x1 convolution; named in the target modules without LoCon
+    it trains with ``alpha`` (not ``conv_alpha``), and the file must say so, or it loads
+    at the wrong strength."""
+    targets = "to_q,to_k,to_v,to_out.0,proj_in"
+    result = Trainer(
+        _request(
+            small_dataset, tmp_path / "out", target_modules=targets, alpha=8.0, conv_alpha=1.0
+        )
+    ).train()
+    tensors = _tensors(result.output_path)
+    proj_in = [k for k in tensors if k.endswith("proj_in.lora_down.weight")]
+    assert proj_in and all(tensors[k].ndim == 4 for k in proj_in)
+    for key in proj_in:
+        assert tensors[key.replace("lora_down.weight", "alpha")].item() == 8.0, key
+
+
 def test_min_snr_and_noise_offset_train(small_dataset, tmp_path):
     result = Trainer(
         _request(small_dataset, tmp_path / "out", min_snr_gamma=5.0, noise_offset=0.1, max_steps=2)

@@ -12,6 +12,7 @@ from lora_studio.core.base_model import BaseModelRef, ModelKind
 from lora_studio.core.config import LoraConfig, ModelFamily
 from lora_studio.core.errors import ModelError
 from lora_studio.training.export import (
+    CONV_TARGETS,
     clip_kohya_keys,
     kohya_lora_keys,
     save_family_diffusers_lora,
@@ -156,7 +157,11 @@ class SD15Family:
 
     def kohya_keys(self, denoiser_lora: dict[str, Any], config: LoraConfig) -> dict[str, Any]:
         return kohya_lora_keys(
-            denoiser_lora, "lora_unet_", alpha=config.alpha, conv_alpha=config.conv_alpha
+            denoiser_lora,
+            "lora_unet_",
+            alpha=config.alpha,
+            conv_alpha=config.conv_alpha if config.conv_rank else None,
+            conv_targets=CONV_TARGETS,
         )
 
     def text_encoder_kohya_keys(

@@ -403,8 +403,13 @@ class SDXLFamily:
         state = denoiser_lora
         if self.unet_layout is not None:
             state = sgm_lora_state(denoiser_lora, self.unet_layout)
+        # (after the SGM renaming the LoCon layers cannot be told by name: with conv_rank
+        # set, every 4-D layer takes conv_alpha)
         return kohya_lora_keys(
-            state, "lora_unet_", alpha=config.alpha, conv_alpha=config.conv_alpha
+            state,
+            "lora_unet_",
+            alpha=config.alpha,
+            conv_alpha=config.conv_alpha if config.conv_rank else None,
         )
 
     def pipeline(
