@@ -33,7 +33,7 @@ from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from lora_studio.captioning.base import CaptionerError, CaptionProvider
 from lora_studio.captioning.credentials import SOURCES, store_token
@@ -54,6 +54,10 @@ from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: New proposals reach the grid at most this often (ms): with thousands of images and a
+#: fast server, redrawing the review state after every single image would be wasted work.
+ADDED_BATCH_MS = 250
 
 
 def _read_store(store: ProposalStore) -> tuple[dict[str, Proposal], dict[str, Provenance]]:
@@ -114,7 +118,8 @@ class CaptionController(QObject):
             that could not start ends at once with a failed report saying why).
         proposals_loaded(Dataset, dict[Path, Proposal], dict[Path, Provenance]): the
             proposals and provenance in the dataset's ``dataset.json``.
-        proposals_added(dict[Path, Proposal]): new proposals from the running batch.
+        proposals_added(dict[Path, Proposal]): new proposals from the running batch (a
+            few at a time, at most every :data:`ADDED_BATCH_MS` ms).
         proposals_resolved(dict[Path, str], list[Path], dict[Path, Provenance]):
             captions written by accepting (path -> text; the items are updated), proposals
             rejected, and the provenance of the accepted captions.
@@ -148,6 +153,11 @@ class CaptionController(QObject):
         self._stop_requested = False
         self._closed = False
         self.last_report: RunReport | None = None
+        self._added: dict[Path, Proposal] = {}
+        self._added_timer = QTimer(self)
+        self._added_timer.setSingleShot(True)
+        self._added_timer.setInterval(ADDED_BATCH_MS)
+        self._added_timer.timeout.connect(self._flush_added)
         studio.dataset_loaded.connect(self.load_proposals)
 
     # ---- state ---------------------------------------------------------------------------
@@ -234,6 +244,8 @@ class CaptionController(QObject):
                     failed_report(request, ""), state=RunState.CANCELLED, error=None
                 )
         finally:
+            self._added_timer.stop()
+            self._flush_added()
             if provider is not None:
                 await _close(provider)
             self._run = None
@@ -281,7 +293,9 @@ class CaptionController(QObject):
             if result is not None and result.status is ResultStatus.CAPTIONED:
                 proposal = result.proposal(options.mode, options.prompt)
                 if proposal is not None and dataset is self.studio.dataset:
-                    self.proposals_added.emit({result.path: proposal})
+                    self._added[result.path] = proposal
+                    if not self._added_timer.isActive():
+                        self._added_timer.start()
 
         run = CaptionRun(
             provider,
@@ -296,6 +310,11 @@ class CaptionController(QObject):
         if self._stop_requested:
             self.stop_run()
         return await self._inner
+
+    def _flush_added(self) -> None:
+        added, self._added = self._added, {}
+        if added and not self._closed:
+            self.proposals_added.emit(added)
 
     def _finished(self, report: RunReport, dataset: Dataset) -> None:
         self.last_report = report

@@ -156,14 +156,15 @@ def test_a_run_against_an_openai_server_proposes_captions_and_accept_reject_work
     assert dialog.trigger_edit.text() == "papercut style"  # the config's trigger word
     dialog.trigger_edit.setText("sks")
     dialog.remember_token.setChecked(True)
+    live: list[Path] = []  # proposals reach the grid while the run goes
+    window.captions.proposals_added.connect(lambda added: live.extend(added))
 
     report = _run_dialog(qloop, window, dialog)
 
     assert report.state is RunState.FINISHED
-    assert [r.name for r in report.captioned] == ["blue.png", "red.png"] or {
-        r.name for r in report.captioned
-    } == {"red.png", "blue.png"}
+    assert {r.name for r in report.captioned} == {"red.png", "blue.png"}
     assert [r.name for r in report.skipped] == ["green.png"]  # fill: it has a caption
+    assert sorted(live) == [colours / "blue.png", colours / "red.png"]
     # The token went to the keyring, never into the settings file.
     assert memory_keyring.passwords == {("lora-studio", "openai"): OPENAI_KEY}
     settings_text = (gui_home / "settings.ini").read_text(encoding="utf-8")
@@ -352,3 +353,24 @@ def test_a_tiny_local_blip_captions_in_a_worker_thread(
     assert made, [r.error for r in report.results]
     assert window.dataset_model.proposal_counts()[0] == len(made)
     assert len(ticks) > 5  # the window kept running while the model loaded and captioned
+
+
+def test_only_the_selected_images_are_captioned_when_asked(
+    make_window, qloop, colours: Path, serve
+) -> None:
+    server = serve(openai_chat())
+    window = make_window()
+    open_and_wait(qloop, window, colours)
+    window.select_image(_row(window, colours, "blue.png"))
+    dialog = _dialog(window, "openai", url=f"{server.url}/v1", model="llava")
+    assert dialog.scope_selected.isEnabled() and dialog.scope_selected.text() == (
+        "The 1 selected image"
+    )
+    dialog.scope_selected.setChecked(True)
+    dialog.set_mode("overwrite")
+
+    report = _run_dialog(qloop, window, dialog)
+
+    assert [r.name for r in report.captioned] == ["blue.png"]
+    assert len(server.requests) == 1
+    assert window.dataset_model.proposal_paths() == [colours / "blue.png"]
