@@ -293,11 +293,13 @@ class CaptionGrid(QWidget):
         accept_requested(list[Path], bool): write these images' proposals (``True``:
             also over captions edited since, i.e. overwrite).
         reject_requested(list[Path]): drop these images' proposals.
+        notice(str, str): a message for the user: level, text.
     """
 
     caption_images_requested = Signal()
     accept_requested = Signal(object, bool)
     reject_requested = Signal(object)
+    notice = Signal(str, str)
 
     def __init__(self, model: DatasetModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -433,9 +435,19 @@ class CaptionGrid(QWidget):
         self.filter_box.setCurrentText(CaptionFilter.PROPOSALS)
 
     def _accept(self, paths: list[Path]) -> None:
-        wanted = [p for p in paths if self.model.proposal_view(p) is not None]
+        views = [v for v in (self.model.proposal_view(p) for p in paths) if v is not None]
+        # A conflict here may be an edit not saved yet, which the store cannot see: only
+        # the row's own Overwrite replaces it.
+        wanted = [v.image for v in views if v.state is not ProposalState.CONFLICT]
+        conflicts = len(views) - len(wanted)
         if wanted:
             self.accept_requested.emit(wanted, False)
+        if conflicts:
+            self.notice.emit(
+                "warning",
+                f"{conflicts} proposed caption(s) were left alone: their captions were edited "
+                f"after they were proposed. Use Overwrite on those rows to replace the edit.",
+            )
 
     def _reject(self, paths: list[Path]) -> None:
         wanted = [p for p in paths if self.model.proposal_view(p) is not None]

@@ -305,6 +305,10 @@ class DatasetModel(QAbstractTableModel):
             self._proposals.pop(path, None)
         for path in accepted:
             if path in self._rows:
+                # The accepted caption is what is on disk now (an Overwrite replaced any
+                # edit still shown here).
+                self._pending.pop(path, None)
+                self._save_errors.pop(path, None)
                 self._states[path] = CaptionState.SAVED
         for path, record in (provenance or {}).items():
             if path in self._rows:

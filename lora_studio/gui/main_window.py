@@ -300,6 +300,7 @@ class MainWindow(QMainWindow):
         self.caption_grid.caption_images_requested.connect(self.open_caption_dialog)
         self.caption_grid.accept_requested.connect(self.captions.accept)
         self.caption_grid.reject_requested.connect(self.captions.reject)
+        self.caption_grid.notice.connect(self.show_message)
         self.captions.proposals_loaded.connect(self._on_proposals_loaded)
         self.captions.proposals_added.connect(self.dataset_model.add_proposals)
         self.captions.proposals_resolved.connect(self.dataset_model.resolve_proposals)

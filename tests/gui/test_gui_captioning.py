@@ -256,7 +256,7 @@ def test_proposals_in_dataset_json_show_when_the_folder_opens_and_edits_are_not_
     )
     assert accepted == {colours / "red.png": "a red square"}
     assert (colours / "green.txt").read_text(encoding="utf-8").strip() == "my better green caption"
-    assert any("not overwritten" in text for _, text in window.messages)
+    assert any("left alone" in text for _, text in window.messages)
     assert model.index(green, Column.CAPTION).data(Role.PROPOSAL).state is ProposalState.CONFLICT
 
     # Overwrite is explicit, per row.
