@@ -22,10 +22,12 @@ from PySide6.QtTest import QTest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "captioning"))
 from caption_servers import (  # noqa: E402
+    HF_TOKEN,
     OPENAI_KEY,
     LoopbackServer,
     Reply,
     closed_port,
+    hf_inference,
     openai_chat,
     write_images,
 )
@@ -212,6 +214,15 @@ def test_a_run_against_an_openai_server_proposes_captions_and_accept_reject_work
     assert grid.review_bar.isHidden() and grid.table.isColumnHidden(Column.PROPOSAL)
     assert (colours / "green.txt").read_text(encoding="utf-8").strip() == "my own green caption"
 
+    # The dialog remembers the choices (not the key) the next time it opens.
+    dialog.close()
+    again = _dialog(window, "blip")
+    again.close()
+    reopened = window.open_caption_dialog()
+    assert reopened is not None and reopened is not dialog
+    assert reopened.kind == "openai" and reopened.url_edit.text() == f"{server.url}/v1"
+    assert reopened.trigger_edit.text() == "papercut style" and reopened.token_edit.text() == ""
+
 
 def test_proposals_in_dataset_json_show_when_the_folder_opens_and_edits_are_not_overwritten(
     make_window, qloop, colours: Path
@@ -374,3 +385,23 @@ def test_only_the_selected_images_are_captioned_when_asked(
     assert [r.name for r in report.captioned] == ["blue.png"]
     assert len(server.requests) == 1
     assert window.dataset_model.proposal_paths() == [colours / "blue.png"]
+
+
+def test_a_refused_token_says_check_your_token_and_is_not_kept(
+    make_window, qloop, colours: Path, serve, memory_keyring: MemoryKeyring
+) -> None:
+    server = serve(hf_inference(token=HF_TOKEN))
+    window = make_window()
+    open_and_wait(qloop, window, colours)
+    dialog = _dialog(window, "hf-api", url=server.url, token="hf_wrong_token_0123456789")
+    dialog.remember_token.setChecked(False)
+
+    report = _run_dialog(qloop, window, dialog)
+
+    assert report.state is RunState.FAILED
+    line = dialog.result_label.text()
+    assert "check your token" in line and "hf_wrong" not in line
+    assert memory_keyring.passwords == {}
+    # A refused token stops the run at once: the two images in flight, no retries.
+    assert len(server.requests) <= 2
+    assert not (colours / "dataset.json").exists()
