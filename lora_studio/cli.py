@@ -1,6 +1,7 @@
 """``lora-studio``: the command line.
 
     lora-studio                         open the desktop app (same as ``lora-studio gui``)
+    lora-studio DATASET_DIR             open the desktop app on that folder (``gui DATASET_DIR``)
     lora-studio train DATASET_DIR ...   train a LoRA headless, with a progress bar
     lora-studio estimate DATASET_DIR    steps, time and VRAM for a config, without training
     lora-studio dataset stats DIR       dataset statistics (``--json`` for scripts)
@@ -36,7 +37,7 @@ from lora_studio.commands import DATASET_COMMANDS, TOP_LEVEL_COMMANDS
 from lora_studio.core.base_model import DEFAULT_BASE_MODEL, ModelKind, resolve_base_model
 from lora_studio.core.config import FIELDS, PRESETS, LoraConfig, ModelFamily, enum_for_field
 from lora_studio.core.dataset import Dataset
-from lora_studio.core.errors import ConfigError, LoraStudioError
+from lora_studio.core.errors import ConfigError, DatasetError, LoraStudioError
 from lora_studio.core.estimates import format_duration
 from lora_studio.core.jobs import (
     BackendType,
@@ -124,15 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-studio",
         description="Make LoRA adapters for SD 1.5, SDXL, SD 3.5 and Flux. "
-        "Without a command, opens the desktop app.",
+        "Without a command, opens the desktop app; `lora-studio FOLDER` opens it on that "
+        "dataset folder (the same as `lora-studio gui FOLDER`).",
     )
     parser.add_argument("--version", action="version", version=f"lora-studio {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gui = sub.add_parser("gui", help="open the desktop app")
-    gui.add_argument("dataset", nargs="?", help="dataset folder to open")
+    # nargs="*": a launcher's `Exec=lora-studio %F` passes every dropped item.
+    gui.add_argument(
+        "dataset",
+        nargs="*",
+        metavar="PATH",
+        help="dataset folder to open (an image opens its folder; of several, the first)",
+    )
+    gui.add_argument("--dataset", dest="dataset_option", metavar="DIR", help="the same, as a flag")
     gui.add_argument("--base-model", help=f"base model (default {DEFAULT_BASE_MODEL})")
+    gui.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="open the window, wait until the dataset has loaded, close it and exit: 0 when "
+        "it opened (a check for packaged builds; also LORA_STUDIO_SMOKE_TEST=1)",
+    )
 
     for name, help_text in (
         ("train", "train a LoRA headless"),
@@ -248,16 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(gui_shorthand(sys.argv[1:] if argv is None else list(argv), parser))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         if args.command in (None, "gui"):
-            from lora_studio.gui.app import run_gui  # noqa: PLC0415 - Qt only when needed
-
-            return run_gui(getattr(args, "dataset", None), getattr(args, "base_model", None))
+            return _gui(args)
         if args.command == "train":
             return _train(args)
         if args.command == "estimate":
@@ -281,6 +294,96 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     print(f"lora-studio: error: {message}", file=sys.stderr)
+
+
+# ---- gui ----------------------------------------------------------------------------
+
+_GLOBAL_FLAGS = frozenset({"-v", "--verbose"})
+_GUI_FLAGS = ("--dataset", "--base-model", "--smoke-test")
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        name
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    }
+
+
+def gui_shorthand(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``lora-studio PATH ...`` (what a launcher's ``Exec=lora-studio %F`` runs) and
+    ``lora-studio --dataset DIR`` mean ``lora-studio gui ...``.
+
+    A first word that names a command stays a command, so a folder called ``train`` opens
+    with ``lora-studio gui train`` or ``lora-studio ./train``. Any other first word that
+    exists on disk, or looks like a path (has a slash, starts with ``.`` or ``~``, is a
+    ``file://`` URI), is a path; an unknown bare word is left to argparse's "invalid
+    choice" error.
+    """
+    index = 0
+    while index < len(argv) and argv[index] in _GLOBAL_FLAGS:
+        index += 1
+    if index == len(argv):
+        return argv
+    word = argv[index]
+    if word.startswith("-"):
+        is_gui = word.split("=", 1)[0] in _GUI_FLAGS
+    elif word in _commands(parser):
+        is_gui = False
+    else:
+        is_gui = (
+            os.path.exists(word)
+            or "/" in word
+            or os.sep in word
+            or word.startswith((".", "~"))
+            or word.startswith("file:")
+        )
+    return [*argv[:index], "gui", *argv[index:]] if is_gui else argv
+
+
+def dataset_folder(path: str) -> Path:
+    """The dataset folder a command-line or launcher argument names.
+
+    A ``file://`` URI becomes its path, ``~`` is expanded, an image (or any file) opens
+    the folder it is in.
+
+    Raises:
+        DatasetError: nothing exists at ``path``.
+    """
+    from urllib.parse import unquote, urlparse
+
+    text = unquote(urlparse(path).path) if path.startswith("file:") else path
+    folder = Path(os.path.abspath(os.path.expanduser(text)))
+    if not folder.exists():
+        raise DatasetError(f"cannot open {path}: no such folder")
+    return folder if folder.is_dir() else folder.parent
+
+
+def _gui(args: argparse.Namespace) -> int:
+    paths = list(getattr(args, "dataset", None) or [])
+    option = getattr(args, "dataset_option", None)
+    if option:
+        paths.insert(0, option)
+    folders = [dataset_folder(path) for path in paths]
+    dataset = folders[0] if folders else None
+    ignored = sorted({str(folder) for folder in folders[1:]} - {str(dataset)})
+    if ignored:
+        print(
+            f"lora-studio: opening {dataset}, one dataset at a time; not opened: "
+            + ", ".join(ignored),
+            file=sys.stderr,
+        )
+    smoke_test = bool(getattr(args, "smoke_test", False)) or os.environ.get(
+        "LORA_STUDIO_SMOKE_TEST", ""
+    ) not in ("", "0")
+    from lora_studio.gui.app import run_gui  # noqa: PLC0415 - Qt only when needed
+
+    return run_gui(
+        str(dataset) if dataset else None,
+        getattr(args, "base_model", None),
+        smoke_test=smoke_test,
+    )
 
 
 # ---- estimate / dataset / models --------------------------------------------------------
@@ -480,6 +583,28 @@ def _train(args: argparse.Namespace) -> int:
     )
 
 
+def _print_compatibility(path: Path) -> None:
+    """One line: which tools load every key of the new file (names only, milliseconds;
+    `lora-studio lora check FILE` also loads it into diffusers)."""
+    from lora_studio.ecosystem.check import OK, SKIPPED, UNSUPPORTED, check_lora
+
+    try:
+        report = check_lora(path, load=False)
+    except LoraStudioError as exc:
+        print(f"Compatibility check skipped: {exc}", file=sys.stderr)
+        return
+    marks = {OK: "ok", UNSUPPORTED: "not supported"}
+    parts = [
+        f"{t.target} {marks.get(t.status, f'{t.loaded}/{t.total} keys')}"
+        for t in report.targets
+        if t.status != SKIPPED
+    ]
+    print("Loads in: " + ", ".join(parts), file=sys.stderr)
+    for target in report.targets:
+        if target.status not in (OK, UNSUPPORTED, SKIPPED):
+            print(f"  {target.target}: {target.message}", file=sys.stderr)
+
+
 async def _estimate_only(creator: Any) -> int:
     request = creator.build_request()
     backend = creator.backend
@@ -544,6 +669,8 @@ async def _train_async(
         if not output:  # a remote run: fetch the LoRA
             output = str(await creator.download_weights(job.id))
         if print_result and not json_lines and output:
+            if not quiet:
+                _print_compatibility(Path(output))
             print(output)
         return EXIT_OK
     if final.status is JobStatus.CANCELLED:

@@ -51,6 +51,8 @@ def test_train_prints_the_output_path_last(tiny_model, small_dataset, tmp_path, 
     path = Path(captured.out.strip().splitlines()[-1])
     assert path == tmp_path / "out" / "cli_lora.safetensors" and path.exists()
     assert "step 3/3" in captured.err
+    # after the run, which tools load every key of the file
+    assert "Loads in: ComfyUI ok, Automatic1111 ok, Forge ok" in captured.err
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     assert meta["ss_network_dim"] == "4"
