@@ -396,6 +396,12 @@ class JobQueue:
         try:
             async for update in running.backend.watch(running.backend_job):
                 progress = update
+                if progress.status is JobStatus.QUEUED:
+                    # Waiting in the server's own queue (ComfyUI): it has left ours. Stored
+                    # as queued, a restart would submit it a second time.
+                    progress = progress.evolve(
+                        status=JobStatus.PREPARING, message=progress.message or "Waiting"
+                    )
                 if _needs_download(job, progress):
                     progress = await self._download(job, running, progress)
                 final = progress

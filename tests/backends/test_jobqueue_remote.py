@@ -117,3 +117,54 @@ async def test_a_queued_job_without_a_spec_is_left_to_whoever_recorded_it(tmp_pa
     await queue.stop()
     assert made.backends == []
     assert store.get(outsider.id).status is JobStatus.QUEUED  # type: ignore[union-attr]
+
+
+async def test_a_run_waiting_in_the_servers_own_queue_is_not_queued_in_ours(tmp_path) -> None:
+    """ComfyUI reports a prompt it holds as queued; the job has left our queue, so a
+    restart must re-attach it, never submit it again."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from comfyui_server import FakeComfyUI
+    from PIL import Image
+
+    from lora_studio.backends.factory import backend_for_spec
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for n in range(2):
+        Image.new("RGB", (64, 64), "red").save(data / f"{n}.png")
+        (data / f"{n}.txt").write_text("a red square", encoding="utf-8")
+    server = FakeComfyUI(tmp_path / "comfy", generation="new")
+    await server.start()
+    server.hold = True
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    queue = JobQueue(store, backend_for_spec)
+    seen: list[JobStatus] = []
+    queue.add_listener(lambda job, progress: seen.append(progress.status))
+    config = LoraConfig.fast_preset().replace(name="held", resolution=64, max_steps=2)
+    job = queue.enqueue(
+        JobSpec(
+            dataset_dir=str(data),
+            config=config.to_dict(),
+            base_model="",
+            output_dir=str(tmp_path / "out"),
+            backend=BackendType.COMFYUI,
+            backend_options={"url": server.url, "checkpoint": "v1-5-pruned-emaonly.safetensors"},
+        )
+    )
+    try:
+        await queue.start()
+        for _ in range(200):
+            stored = store.get(job.id)
+            if stored is not None and stored.remote_id:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # a few updates while ComfyUI holds the prompt
+    finally:
+        await queue.stop()
+        await server.stop()
+    stored = store.get(job.id)
+    assert stored is not None and stored.remote_id
+    assert stored.status is JobStatus.PREPARING
+    assert seen[0] is JobStatus.QUEUED and JobStatus.QUEUED not in seen[1:]
