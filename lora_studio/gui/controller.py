@@ -38,7 +38,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,9 +46,11 @@ from typing import Any, TypeVar
 from PySide6.QtCore import QObject, Signal
 
 from lora_studio.backends.base import BackendConfig, TrainingBackend
+from lora_studio.backends.factory import backend_for_spec
 from lora_studio.backends.launch import LaunchBackend, cuda_device_count
 from lora_studio.backends.local import LocalBackend
-from lora_studio.core import paths
+from lora_studio.core import paths, secrets
+from lora_studio.core.atomic import ensure_writable_dir
 from lora_studio.core.base_model import (
     DEFAULT_BASE_MODEL,
     BaseModelRef,
@@ -69,12 +71,15 @@ from lora_studio.core.errors import (
     LoraStudioError,
 )
 from lora_studio.core.estimates import Estimate
-from lora_studio.core.jobs import BackendType, Job, JobStatus, JobStore, Progress
+from lora_studio.core.jobs import BackendType, Job, JobSpec, JobStatus, JobStore, Progress
+from lora_studio.core.request import TrainingRequest
 from lora_studio.core.validate import ValidationReport, min_side_for, validate_dataset
 from lora_studio.creator import LoraCreator
+from lora_studio.gui.backend_panel import BackendChoice
 from lora_studio.gui.bucket_preview import bucket_settings, place_images
 from lora_studio.gui.logs import log_file
 from lora_studio.gui.trainer_thread import QtWorkerStarter
+from lora_studio.jobqueue import BackendFactory, JobQueue, latest_checkpoint_of
 from lora_studio.training.checkpoints import checkpoints_root, latest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -200,6 +205,10 @@ class _WriteBehindJobStore(JobStore):
     ``LoraCreator.watch`` saves the job on the GUI thread at every status change; SQLite
     commits fsync, which must not stall the window. Saves are queued in order on one
     thread; :meth:`close` waits for them.
+
+    It records the window's own local runs, which start at once: one is never written as
+    ``queued``, which in the store means "waiting for the :class:`JobQueue`" (the queue
+    would start it a second time).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -208,6 +217,8 @@ class _WriteBehindJobStore(JobStore):
 
     def save(self, job: Job) -> None:
         snapshot = copy.deepcopy(job)
+        if snapshot.status is JobStatus.QUEUED:
+            snapshot.status = JobStatus.PREPARING
         future = self._writer.submit(JobStore.save, self, snapshot)
         future.add_done_callback(_log_store_failure)
 
@@ -245,6 +256,16 @@ class StudioController(QObject):
             FAILED job_finished whose ``error`` says why.
         resume_available(ResumePoint | None): the last run left a checkpoint to resume
             from (``None``: nothing to resume, e.g. a new run started).
+        jobs_listed(list[Job]): the job history, newest first (every backend).
+        job_updated(Job, Progress): a live update of any job (remote ones from the
+            :class:`JobQueue`, and the window's local run).
+        job_details(Job, list[str], list[tuple[int, float]], Path | None): what the
+            history holds about a job: log lines, loss series, and the checkpoint it can
+            be resumed from.
+        backend_checked(bool, str, tuple[str, ...]): "Test connection" answered: usable,
+            what the server said (or why not), and the server's checkpoints (ComfyUI).
+        token_state_changed(str): where the Replicate token comes from (never the token).
+        remote_cost_changed(str): the estimated Replicate cost of the current settings.
         devices_detected(int, int): CUDA GPUs found, and CPU processes offered without.
         buckets_changed(dict[Path, Placement | str]): each image's bucket (or why it has
             none) under the current settings.
@@ -270,6 +291,12 @@ class StudioController(QObject):
     resume_available = Signal(object)
     devices_detected = Signal(int, int)
     buckets_changed = Signal(object)
+    jobs_listed = Signal(object)
+    job_updated = Signal(object, object)
+    job_details = Signal(object, object, object, object)
+    backend_checked = Signal(bool, str, object)
+    token_state_changed = Signal(str)
+    remote_cost_changed = Signal(str)
     message = Signal(str, str)
 
     def __init__(
@@ -279,6 +306,7 @@ class StudioController(QObject):
         output_dir: str | os.PathLike[str] | None = None,
         config: LoraConfig | None = None,
         job_store_path: str | os.PathLike[str] | None = None,
+        backend_factory: BackendFactory | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         parent: QObject | None = None,
     ) -> None:
@@ -324,6 +352,18 @@ class StudioController(QObject):
         self._last_progress: Progress | None = None
         self._started = False
         self._closed = False
+        # Remote runs (and the history view) go through one JobQueue on its own
+        # synchronous connection to the same history file.
+        self.backend_choice = BackendChoice()
+        self.make_backend: BackendFactory = backend_factory or backend_for_spec
+        self.queue: JobQueue | None = None
+        self._queue_store: JobStore | None = None
+        self._run_creator = self.creator  # the creator hosting the current local run
+        self._run_spec: JobSpec | None = None
+        self._jobs_dirty = False
+        self._jobs_task: asyncio.Task[None] | None = None
+        self._last_status: dict[str, JobStatus] = {}
+        self._forget_queue: Callable[[], None] | None = None
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -682,8 +722,24 @@ class StudioController(QObject):
                 estimate: Estimate = await asyncio.to_thread(self.creator.estimate, self.processes)
                 if not self._estimate_dirty:
                     self.estimate_changed.emit(estimate)
+                if self.backend_choice.kind is BackendType.REPLICATE:
+                    await self._estimate_remote_cost()
         finally:
             self._estimate_task = None
+
+    async def _estimate_remote_cost(self) -> None:
+        if self.creator.dataset is None:
+            self.remote_cost_changed.emit("")
+            return
+        try:
+            cost = await self.replicate_cost()
+        except LoraStudioError as exc:
+            self.remote_cost_changed.emit(f"Cost: cannot estimate ({exc})")
+            return
+        if cost is None:
+            self.remote_cost_changed.emit("Cost: unknown for this GPU (no price in the table).")
+        else:
+            self.remote_cost_changed.emit(f"Estimated cost: {cost.describe()}.")
 
     # ---- buckets -----------------------------------------------------------------------------
 
@@ -719,8 +775,16 @@ class StudioController(QObject):
     def start_training(
         self, resume_from: str | os.PathLike[str] | None = None
     ) -> asyncio.Task[None] | None:
-        """Start a local training run with the current dataset and settings; with
-        ``resume_from``, continue from that checkpoint (see :attr:`resume_point`)."""
+        """Start a run with the current dataset and settings where :attr:`backend_choice`
+        says: locally at once, or queued for ComfyUI/Replicate. With ``resume_from``,
+        continue a local run from that checkpoint (see :attr:`resume_point`)."""
+        if resume_from is None and self.backend_choice.is_remote:
+            return self._spawn(self._enqueue_remote(self.backend_choice), "queue the run")
+        return self._start_local(Path(resume_from) if resume_from is not None else None)
+
+    def _start_local(
+        self, resume: Path | None, spec: JobSpec | None = None
+    ) -> asyncio.Task[None] | None:
         if self.is_training:
             self._say(WARNING, "A training run is already going; cancel it first.")
             return None
@@ -729,8 +793,7 @@ class StudioController(QObject):
         self._cancel_step = None
         self._set_resume_point(None)
         self.training_active_changed.emit(True)
-        resume = Path(resume_from) if resume_from is not None else None
-        return self._spawn(self._train(resume), "train")
+        return self._spawn(self._train(resume, spec), "train")
 
     def _backend_for(self, processes: int) -> TrainingBackend:
         if processes <= 1:
@@ -741,15 +804,20 @@ class StudioController(QObject):
             )
         return self._launch
 
-    async def _train(self, resume_from: Path | None = None) -> None:
+    async def _train(self, resume_from: Path | None = None, spec: JobSpec | None = None) -> None:
         processes = self.processes
+        creator = self.creator
         try:
             # Captions typed a moment ago must be on disk before the dataset is snapshot.
             await self.flush_captions()
+            if spec is not None:  # a run from the jobs list: its own settings and dataset
+                processes = int(spec.backend_options.get("num_processes", 1))
+                creator = await asyncio.to_thread(self._creator_for, spec)
             self._run_backend = self._backend_for(processes)
-            self.creator.with_backend(self._run_backend)
+            creator.with_backend(self._run_backend)
+            self._run_creator = creator
             # Checks the model and the output folder off the GUI thread, then submits.
-            job = await self.creator.train(resume_from=resume_from)
+            job = await creator.train(resume_from=resume_from)
         except LoraStudioError as exc:
             self._starting = False
             self.training_active_changed.emit(False)
@@ -764,20 +832,36 @@ class StudioController(QObject):
             raise
         self._job = job
         self._starting = False
+        # The spec lets the jobs list retry the run, or resume it after a crash.
+        options = {"num_processes": processes} if processes > 1 else {}
+        job.spec = JobSpec(
+            dataset_dir=job.dataset_dir,
+            config=job.config,
+            base_model=job.base_model,
+            output_dir=job.output_dir,
+            backend=BackendType.LOCAL,
+            backend_options=options,
+            resume_from=str(resume_from) if resume_from is not None else None,
+        )
+        job.started_at = job.started_at or time.time()
+        if self._store is not None:
+            self._store.save(job)
         self.job_started.emit(job)
+        self.job_updated.emit(job, Progress(status=JobStatus.PREPARING, message="Starting"))
         where = f" on {processes} processes" if processes > 1 else ""
         if resume_from is not None:
             self._say(INFO, f"Resuming {job.name} from {resume_from.name}{where}\u2026")
         else:
-            self._say(INFO, f"Training {job.name} with {self.creator.base_model}{where}\u2026")
+            self._say(INFO, f"Training {job.name} with {creator.base_model}{where}\u2026")
         if self._cancel_when_started:
             self.cancel_training()
         final: Progress | None = None
         try:
-            async for progress in self.creator.watch(job.id):
+            async for progress in creator.watch(job.id):
                 final = progress
                 self._last_progress = progress
                 self.job_progress.emit(progress)
+                self.job_updated.emit(job, progress)
         finally:
             self._job = None
             self.training_active_changed.emit(False)
@@ -786,7 +870,12 @@ class StudioController(QObject):
                 status=JobStatus.FAILED, error="The training run ended without a result."
             )
         self._last_progress = final
+        job.finished_at = job.finished_at or time.time()
+        if self._store is not None:
+            self._store.save(job)
         self.job_finished.emit(final)
+        self.job_updated.emit(job, final)
+        self.refresh_jobs()
         self._spawn(self._look_for_checkpoint(job, final.status), "look for a checkpoint")
         if final.status is JobStatus.SUCCEEDED:
             self._say(INFO, f"Training finished: {final.output_path}")
@@ -806,8 +895,8 @@ class StudioController(QObject):
         return self._spawn(self._cancel(job), "cancel training")
 
     async def _cancel(self, job: Job) -> None:
-        await self.creator.cancel(job.id)
-        latest = await self.creator.monitor_progress(job.id)
+        await self._run_creator.cancel(job.id)
+        latest = await self._run_creator.monitor_progress(job.id)
         self._cancel_step = latest.step
         self._say(INFO, f"Stopping {job.name} after the current step (step {latest.step})\u2026")
 
@@ -819,7 +908,7 @@ class StudioController(QObject):
         return self._spawn(self._pause(job), "pause training")
 
     async def _pause(self, job: Job) -> None:
-        await self.creator.pause(job.id)
+        await self._run_creator.pause(job.id)
         self._say(INFO, f"Pausing {job.name} after the current step\u2026")
 
     def resume_paused_training(self) -> asyncio.Task[None] | None:
@@ -827,7 +916,7 @@ class StudioController(QObject):
         job = self._job
         if job is None or not self.can_pause:
             return None
-        return self._spawn(self.creator.resume(job.id), "resume training")
+        return self._spawn(self._run_creator.resume(job.id), "resume training")
 
     async def _look_for_checkpoint(self, job: Job, status: JobStatus) -> None:
         point = await asyncio.to_thread(find_resume_point, Path(job.output_dir), job.name, status)
@@ -838,6 +927,279 @@ class StudioController(QObject):
         if point != self._resume_point:
             self._resume_point = point
             self.resume_available.emit(point)
+
+    # ---- where to train, and the job queue ------------------------------------------------
+
+    def set_backend_choice(self, choice: BackendChoice) -> None:
+        """Train the next run where ``choice`` says (local, ComfyUI or Replicate)."""
+        if choice == self.backend_choice:
+            return
+        self.backend_choice = choice
+        self.refresh_estimate()
+        if choice.kind is BackendType.REPLICATE:
+            self.refresh_token_state()
+
+    def spec_for(self, choice: BackendChoice | None = None) -> JobSpec:
+        """The current dataset and settings as a job for ``choice``'s backend."""
+        choice = choice or self.backend_choice
+        dataset = self.creator.dataset
+        return JobSpec(
+            dataset_dir=str(dataset.root) if dataset is not None else "",
+            config=self.creator.config.to_dict(),
+            base_model=self.creator.base_model,
+            output_dir=str(self.output_dir),
+            backend=choice.kind,
+            backend_options=choice.backend_options(),
+        )
+
+    def check_backend(self) -> asyncio.Task[None]:
+        """ "Test connection": answers with :attr:`backend_checked`."""
+        return self._spawn(self._check_backend(self.backend_choice), "test the connection")
+
+    async def _check_backend(self, choice: BackendChoice) -> None:
+        checkpoints: tuple[str, ...] = ()
+        backend: TrainingBackend | None = None
+        try:
+            backend = self.make_backend(self.spec_for(choice))
+            status = await backend.check()
+            list_checkpoints = getattr(backend, "list_checkpoints", None)
+            if status.ok and callable(list_checkpoints):
+                checkpoints = tuple(await list_checkpoints())
+        except LoraStudioError as exc:
+            self.backend_checked.emit(False, str(exc), ())
+            return
+        finally:
+            if backend is not None:
+                await _aclose(backend)
+        self.backend_checked.emit(status.ok, status.message, checkpoints)
+
+    def save_replicate_token(self, token: str) -> asyncio.Task[None]:
+        """Keep ``token`` in the OS keyring (never in settings, files or logs)."""
+        return self._spawn(self._save_token(token), "save the Replicate token")
+
+    async def _save_token(self, token: str) -> None:
+        try:
+            await asyncio.to_thread(secrets.save_token, secrets.REPLICATE, token)
+        except secrets.SecretError as exc:
+            self._say(ERROR, str(exc))
+            return
+        self._say(INFO, "Saved the Replicate token in the keyring.")
+        self.refresh_token_state()
+
+    def refresh_token_state(self) -> asyncio.Task[None]:
+        """Find out where the Replicate token would come from (answers
+        :attr:`token_state_changed`); the keyring may be slow, so off the GUI thread."""
+        return self._spawn(self._token_state(), "look for the Replicate token")
+
+    async def _token_state(self) -> None:
+        source = secrets.REPLICATE
+        if os.environ.get(source.env_var, "").strip():
+            text = f"Using the token in {source.env_var}."
+        elif await asyncio.to_thread(secrets.get_token, source):
+            text = "A token is saved in the keyring."
+        else:
+            text = "No token yet: paste yours and press Save token."
+        self.token_state_changed.emit(text)
+
+    def _remote_request(self, *, check_output: bool = True) -> TrainingRequest:
+        """The request a remote run is made from (the base model lives on the server, so
+        only the dataset, the settings and the output folder are checked). Touches disk."""
+        dataset = self.creator.dataset
+        if dataset is None or len(dataset) == 0:
+            raise DatasetError("No dataset loaded: open a folder of images first.")
+        problems = self.creator.config.problems()
+        if problems:
+            raise ConfigError(" ".join(problems))
+        if check_output:
+            ensure_writable_dir(self.output_dir)
+        return TrainingRequest(
+            dataset=dataset.snapshot(),
+            config=self.creator.config,
+            base_model=self.creator.base_model,
+            output_dir=self.output_dir,
+        )
+
+    async def replicate_cost(self) -> Any:
+        """The estimated cost of training the current settings on Replicate (a
+        ``CostEstimate``, or ``None`` when the hardware has no price)."""
+        request = await asyncio.to_thread(self._remote_request, check_output=False)
+        backend = self.make_backend(self.spec_for())
+        try:
+            describe = getattr(backend, "cost_estimate", None)
+            return describe(request) if callable(describe) else None
+        finally:
+            await _aclose(backend)
+
+    async def _enqueue_remote(self, choice: BackendChoice) -> None:
+        problem = choice.problem()
+        if problem:
+            self._say(ERROR, problem)
+            return
+        if self.queue is None:
+            self._say(ERROR, "The job queue is not ready yet (the history is still opening).")
+            return
+        await self.flush_captions()
+        try:
+            await asyncio.to_thread(self._remote_request)
+        except LoraStudioError as exc:
+            self._say(ERROR, str(exc))
+            return
+        job = self.queue.enqueue(self.spec_for(choice))
+        where = "ComfyUI" if choice.kind is BackendType.COMFYUI else "Replicate"
+        self._say(INFO, f"Queued {job.name} on {where}.")
+
+    def _creator_for(self, spec: JobSpec) -> LoraCreator:
+        """A creator for a run from the jobs list (its settings and dataset). Reads disk."""
+        creator = LoraCreator(spec.base_model, Path(spec.output_dir), job_store=self._store)
+        creator.with_config(LoraConfig.from_dict(spec.config))
+        creator.load_dataset(spec.dataset_dir)
+        return creator
+
+    async def _start_queue(self) -> None:
+        try:
+            store = await asyncio.to_thread(JobStore, self._store_path)
+        except Exception as exc:  # sqlite3.Error or OSError: reported by _open_job_store
+            log.warning("Cannot open the job queue's history: %s", exc)
+            return
+        if self._closed:
+            store.close()
+            return
+        self._queue_store = store
+        self.queue = JobQueue(store, self.make_backend)
+        self._forget_queue = self.queue.add_listener(self._on_queue_update)
+        reattached = await self.queue.start()
+        if reattached:
+            names = ", ".join(job.name for job in reattached)
+            self._say(INFO, f"Following {len(reattached)} remote job(s) again: {names}.")
+        self.refresh_jobs()
+
+    def _on_queue_update(self, job: Job, progress: Progress) -> None:
+        self.job_updated.emit(job, progress)
+        previous = self._last_status.get(job.id)
+        self._last_status[job.id] = progress.status
+        if previous is progress.status:
+            return
+        self.refresh_jobs()
+        if progress.is_finished() and self.queue is not None:
+            # The billed cost is recorded just after the last update: list it once it is.
+            self._spawn(self._refresh_when_done(self.queue, job.id), "read the job history")
+        where = {BackendType.COMFYUI: "ComfyUI", BackendType.REPLICATE: "Replicate"}.get(
+            job.backend, "this computer"
+        )
+        if progress.status is JobStatus.SUCCEEDED:
+            output = progress.output_path or job.output_path
+            tail = f": {output}" if output else "."
+            if progress.error:
+                self._say(WARNING, f"{job.name} on {where}: {progress.error}")
+            else:
+                self._say(INFO, f"{job.name} finished on {where}{tail}")
+        elif progress.status is JobStatus.FAILED:
+            self._say(ERROR, f"{job.name} on {where} failed: {progress.error or 'no reason given'}")
+        elif progress.status is JobStatus.CANCELLED:
+            self._say(WARNING, f"{job.name} on {where} was cancelled.")
+        elif progress.status is JobStatus.INTERRUPTED:
+            self._say(
+                WARNING,
+                f"{job.name} was interrupted when the app closed. Select it in the jobs list "
+                f"to resume it from its checkpoint.",
+            )
+
+    async def _refresh_when_done(self, queue: JobQueue, job_id: str) -> None:
+        await queue.wait(job_id)
+        self.refresh_jobs()
+
+    def refresh_jobs(self) -> None:
+        """Read the job history again soon (coalesced; off the GUI thread)."""
+        self._jobs_dirty = True
+        if self._jobs_task is None and self._queue_store is not None:
+            self._jobs_task = self._spawn(self._jobs_loop(), "read the job history")
+
+    async def _jobs_loop(self) -> None:
+        try:
+            while self._jobs_dirty and self._queue_store is not None:
+                self._jobs_dirty = False
+                jobs = await asyncio.to_thread(self._queue_store.list, 200)
+                if not self._jobs_dirty:
+                    self.jobs_listed.emit(jobs)
+        finally:
+            self._jobs_task = None
+
+    def load_job_details(self, job_id: str) -> asyncio.Task[None] | None:
+        """Read a job's logs, loss series and checkpoint (answers :attr:`job_details`)."""
+        if self._queue_store is None:
+            return None
+        return self._spawn(self._job_details(job_id), "read the job's history")
+
+    async def _job_details(self, job_id: str) -> None:
+        store = self._queue_store
+        assert store is not None
+
+        def read() -> tuple[Job | None, list[str], list[tuple[int, float]], Path | None]:
+            job = store.get(job_id)
+            if job is None:
+                return None, [], [], None
+            checkpoint = (
+                latest_checkpoint_of(job.spec)
+                if job.spec is not None and job.backend is BackendType.LOCAL
+                else None
+            )
+            return job, store.logs(job_id, tail=400), store.losses(job_id), checkpoint
+
+        job, logs, losses, checkpoint = await asyncio.to_thread(read)
+        if job is not None:
+            self.job_details.emit(job, logs, losses, checkpoint)
+
+    def cancel_job(self, job_id: str) -> asyncio.Task[None] | None:
+        """Cancel job ``job_id`` from the jobs list (the window's local run, or a queued
+        or remote one)."""
+        if self._job is not None and self._job.id == job_id:
+            return self.cancel_training()
+        if self.queue is None:
+            return None
+        return self._spawn(self.queue.cancel(job_id), "cancel the job")
+
+    def retry_job(self, job_id: str) -> asyncio.Task[None] | None:
+        """Run job ``job_id`` again with the settings it had."""
+        return self._spawn(self._retry(job_id, resume=False), "retry the job")
+
+    def resume_job(self, job_id: str) -> asyncio.Task[None] | None:
+        """Continue local job ``job_id`` from the newest checkpoint it left."""
+        return self._spawn(self._retry(job_id, resume=True), "resume the job")
+
+    async def _retry(self, job_id: str, *, resume: bool) -> None:
+        if self.queue is None or self._queue_store is None:
+            return
+        job = await asyncio.to_thread(self._queue_store.get, job_id)
+        if job is None or job.spec is None:
+            self._say(ERROR, "This job has no saved settings to run again.")
+            return
+        if job.backend is not BackendType.LOCAL:
+            again = self.queue.retry(job_id, resume=resume)
+            self._say(INFO, f"Queued {again.name} again.")
+            return
+        checkpoint = None
+        if resume:
+            checkpoint = await asyncio.to_thread(latest_checkpoint_of, job.spec)
+            if checkpoint is None:
+                self._say(ERROR, f"{job.name} left no checkpoint to resume from.")
+                return
+        spec = dataclasses.replace(job.spec, resume_from=None)
+        self._start_local(checkpoint, spec)
+
+    def move_job(self, job_id: str, delta: int) -> None:
+        """Move a waiting job ``delta`` places (negative: sooner)."""
+        if self.queue is None:
+            return
+        queued = [j for j in self.queue.jobs() if j.status is JobStatus.QUEUED]
+        ids = [j.id for j in queued]
+        if job_id not in ids:
+            return
+        try:
+            self.queue.move(job_id, max(0, ids.index(job_id) + delta))
+        except LoraStudioError as exc:
+            self._say(ERROR, str(exc))
+            return
+        self.refresh_jobs()
 
     # ---- shutdown ------------------------------------------------------------------------------
 
@@ -854,19 +1216,44 @@ class StudioController(QObject):
             self._image_check_stop.set()
         self._bucket_stop.set()
         for job in self.backend.running_jobs():
-            _drive(self.creator.cancel(job.id))
+            _drive(self._run_creator.cancel(job.id))
         if self._launch is not None:
             for job in self._launch.running_jobs():
                 self._launch.interrupt(job)
         clean = self.threads.join_all(timeout)
         if not clean:
             log.error("A training thread did not stop within %.0f s", timeout)
+        self._stop_queue()
         for task in list(self._tasks):
             task.cancel()
         if self._store is not None:
             self._store.close()
             self._store = None
         return clean
+
+    def _stop_queue(self) -> None:
+        """Stop following remote runs (they go on; the next start re-attaches them) and
+        close the backends' HTTP clients."""
+        queue, self.queue = self.queue, None
+        if self._forget_queue is not None:
+            # The listener is a bound method: left in place, the queue (held by its tasks
+            # until the loop closes) would keep this QObject alive for a collection on
+            # some other thread.
+            self._forget_queue()
+            self._forget_queue = None
+        if queue is not None:
+            if self._loop.is_closed():
+                log.warning("The event loop closed before the job queue stopped.")
+            elif self._loop.is_running():
+                self._loop.create_task(queue.stop())
+            else:
+                try:
+                    self._loop.run_until_complete(asyncio.wait_for(queue.stop(), 10))
+                except (TimeoutError, RuntimeError):
+                    log.warning("The job queue did not stop cleanly", exc_info=True)
+        if self._queue_store is not None:
+            self._queue_store.close()
+            self._queue_store = None
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -886,6 +1273,7 @@ class StudioController(QObject):
             return
         self._store = store
         self.creator.job_store = store
+        await self._start_queue()
 
     def _spawn(self, coro: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T]:
         task = self._loop.create_task(coro)
@@ -916,6 +1304,13 @@ class StudioController(QObject):
         log.log({INFO: logging.INFO, WARNING: logging.WARNING}.get(level, logging.ERROR), text)
         if not self._closed:
             self.message.emit(level, text)
+
+
+async def _aclose(backend: TrainingBackend) -> None:
+    """Close a backend made for one question (its HTTP client)."""
+    aclose: Callable[[], Coroutine[Any, Any, None]] | None = getattr(backend, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _drive(coro: Coroutine[Any, Any, Any]) -> None:

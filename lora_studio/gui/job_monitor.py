@@ -32,6 +32,7 @@ from lora_studio.core.config import LoraConfig
 from lora_studio.core.errors import ConfigError
 from lora_studio.core.jobs import Job, JobStatus, Progress
 from lora_studio.gui import artwork
+from lora_studio.gui.jobs_panel import JobsPanel
 from lora_studio.gui.loss_curve import LossCurve
 from lora_studio.gui.sample_gallery import SampleGallery
 from lora_studio.gui.thumbnail_loader import ThumbnailLoader
@@ -229,8 +230,10 @@ class JobMonitor(QWidget):
         body.setChildrenCollapsible(False)
         self.body = body
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
+        self.jobs = JobsPanel()
+        self.details = QWidget()
+        layout = QVBoxLayout(self.details)
+        layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(head)
         layout.addWidget(self.status_label)
         layout.addWidget(self.progress_bar)
@@ -238,6 +241,18 @@ class JobMonitor(QWidget):
         layout.addWidget(self.error_label)
         layout.addWidget(self.output_row)
         layout.addWidget(body, 1)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.jobs)
+        self.splitter.addWidget(self.details)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 5)
+        self.splitter.setSizes([560, 870])
+        self.splitter.setChildrenCollapsible(False)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(6, 6, 6, 6)
+        outer.addWidget(self.splitter)
+        self._shown_job: Job | None = None
+        self._local_shown = True
         self._apply_state()
 
     # ---- state -----------------------------------------------------------------------
@@ -262,7 +277,9 @@ class JobMonitor(QWidget):
         stopping = state is MonitorState.STOPPING
         self.cancel_button.setText("Stopping\u2026" if stopping else "Cancel")
         self.cancel_button.setEnabled(state in ACTIVE)
-        self.pause_button.setVisible(self._pausable)
+        local = self._local_shown
+        self.cancel_button.setVisible(local)
+        self.pause_button.setVisible(self._pausable and local)
         self.pause_button.setText(_PAUSE_TEXT.get(state, "Pause"))
         self.pause_button.setEnabled(state in (MonitorState.RUNNING, MonitorState.PAUSED))
         self.pause_button.setToolTip(
@@ -272,7 +289,7 @@ class JobMonitor(QWidget):
             "goes on when you press Resume"
         )
         point = self._resume_point
-        self.resume_button.setVisible(state is MonitorState.IDLE and point is not None)
+        self.resume_button.setVisible(state is MonitorState.IDLE and point is not None and local)
         if point is not None:
             self.resume_button.setText(f"Resume from step {point.step}")
             after = (
@@ -304,13 +321,87 @@ class JobMonitor(QWidget):
     def set_training_active(self, active: bool) -> None:
         """A run is starting (``True``) or no run is going any more (``False``)."""
         if active and self._state is MonitorState.IDLE:
+            self._shown_job = None
+            self._local_shown = True
             self._reset()
             self.status_label.setText("Starting\u2026")
             self._set_state(MonitorState.STARTING)
         elif not active:
             self._set_state(MonitorState.IDLE)
 
+    @property
+    def shown_job(self) -> Job | None:
+        """The job shown (``None``: the window's local run, or nothing yet)."""
+        return self._shown_job
+
+    @property
+    def shows_local_run(self) -> bool:
+        """The window's own local run is shown (its Pause/Cancel buttons apply)."""
+        return self._local_shown
+
+    def show_local_run(self) -> None:
+        """Go back to showing the window's local run (what a new local run does)."""
+        if not self._local_shown:
+            self._shown_job = None
+            self._local_shown = True
+            self._reset()
+            self.job_label.setText("No run yet")
+            self.status_label.setText("Idle")
+            self._apply_state()
+
+    def show_job(
+        self,
+        job: Job,
+        progress: Progress | None = None,
+        logs: list[str] | None = None,
+        losses: list[tuple[int, float]] | None = None,
+    ) -> None:
+        """Show ``job`` from the jobs list: its last progress (live, when it is running),
+        or what the history recorded (status, loss series, log, output, error)."""
+        self._shown_job = job
+        self._local_shown = False
+        self._reset()
+        self._describe(job)
+        if progress is None:
+            history = tuple(loss for _step, loss in (losses or []))
+            last_step = losses[-1][0] if losses else 0
+            progress = Progress(
+                status=job.status,
+                step=last_step,
+                total_steps=last_step if job.status is JobStatus.SUCCEEDED else 0,
+                loss=history[-1] if history else None,
+                loss_history=history,
+                message=job.message,
+                output_path=job.output_path,
+                error=job.error,
+            )
+        if logs:  # the history's log holds the live tail's lines too
+            progress = progress.evolve(log_tail=tuple(logs))
+        self.on_progress(progress)
+        if job.status is JobStatus.FAILED and not progress.error and job.error:
+            self.error_label.setText(f"Failed: {job.error}")
+            self.error_label.show()
+        self._apply_state()
+
+    def on_job_update(self, job: Job, progress: Progress) -> None:
+        """A live update of some job: shown when that job is the one shown."""
+        if self._shown_job is not None and self._shown_job.id == job.id:
+            self._shown_job = job
+            self.on_progress(progress)
+
+    def _describe(self, job: Job) -> None:
+        where = {"local": "this computer", "comfyui": "ComfyUI", "replicate": "Replicate"}
+        self.job_label.setText(
+            f"{job.name} \u00b7 {job.base_model} \u00b7 on {where.get(job.backend.value, '?')}"
+        )
+        try:
+            self.samples.set_prompts(LoraConfig.from_dict(job.config).sample_prompt_list)
+        except ConfigError:
+            self.samples.set_prompts([])
+
     def on_job_started(self, job: Job) -> None:
+        self._shown_job = None
+        self._local_shown = True
         self.job_label.setText(f"{job.name} \u00b7 {job.base_model}")
         try:
             self.samples.set_prompts(LoraConfig.from_dict(job.config).sample_prompt_list)

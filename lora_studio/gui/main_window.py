@@ -55,9 +55,10 @@ from lora_studio.core.config import LoraConfig
 from lora_studio.core.dataset import Dataset
 from lora_studio.core.estimates import Estimate
 from lora_studio.core.formats import image_extensions
-from lora_studio.core.jobs import Job, Progress
+from lora_studio.core.jobs import BackendType, Job, JobStatus, Progress
 from lora_studio.gui import artwork
 from lora_studio.gui import settings as app_settings
+from lora_studio.gui.backend_panel import KEY_BACKEND, BackendChoice, BackendPanel
 from lora_studio.gui.caption_controller import CaptionController
 from lora_studio.gui.caption_dialog import CaptionRunDialog
 from lora_studio.gui.caption_grid import CaptionGrid
@@ -146,6 +147,10 @@ class DropHint(QLabel):
         self.hide()
 
 
+def _text_value(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 class MainWindow(QMainWindow):
     """LoRA Studio's window (see the module docstring).
 
@@ -187,6 +192,13 @@ class MainWindow(QMainWindow):
         self.preset_form.set_base_model(controller.base_model)
         self.preset_form.set_output_dir(str(controller.output_dir))
         self.job_monitor = JobMonitor()
+        self.backend_panel = BackendPanel()
+        self.preset_form.add_backend_panel(self.backend_panel)
+        choice = BackendChoice.from_json(_text_value(self.settings.value(KEY_BACKEND)))
+        self.backend_panel.set_choice(choice)
+        self.preset_form.set_base_model_required(not choice.is_remote)
+        controller.set_backend_choice(choice)
+        self.cost_dialog: QMessageBox | None = None
         self.message_bar = MessageBar()
         self.captions = CaptionController(controller, parent=self)
         self.caption_dialog: CaptionRunDialog | None = None
@@ -286,7 +298,13 @@ class MainWindow(QMainWindow):
         c.estimate_changed.connect(self._on_estimate)
         c.training_active_changed.connect(self._on_training_active)
         c.job_started.connect(self._on_job_started)
-        c.job_progress.connect(self.job_monitor.on_progress)
+        c.job_progress.connect(self._on_local_progress)
+        c.jobs_listed.connect(self.job_monitor.jobs.model.set_jobs)
+        c.job_updated.connect(self._on_job_updated)
+        c.job_details.connect(self._on_job_details)
+        c.backend_checked.connect(self._on_backend_checked)
+        c.token_state_changed.connect(self.backend_panel.set_token_state)
+        c.remote_cost_changed.connect(self.backend_panel.set_cost)
         c.job_finished.connect(self._on_job_finished)
         c.resume_available.connect(self.job_monitor.set_resume_point)
         c.devices_detected.connect(self._on_devices_detected)
@@ -309,7 +327,7 @@ class MainWindow(QMainWindow):
         self.preset_form.preset_selected.connect(c.apply_preset)
         self.preset_form.base_model_edited.connect(c.set_base_model)
         self.preset_form.output_dir_edited.connect(c.set_output_dir)
-        self.preset_form.train_requested.connect(c.start_training)
+        self.preset_form.train_requested.connect(self.train)
         self.preset_form.save_config_requested.connect(self.choose_config_to_save)
         self.preset_form.load_config_requested.connect(self.choose_config_to_load)
         self.preset_form.processes_edited.connect(self._on_processes_edited)
@@ -317,6 +335,15 @@ class MainWindow(QMainWindow):
         self.job_monitor.pause_requested.connect(c.pause_training)
         self.job_monitor.unpause_requested.connect(c.resume_paused_training)
         self.job_monitor.resume_checkpoint_requested.connect(c.start_training)
+        jobs = self.job_monitor.jobs
+        jobs.job_selected.connect(self._on_job_selected)
+        jobs.cancel_requested.connect(c.cancel_job)
+        jobs.retry_requested.connect(c.retry_job)
+        jobs.resume_requested.connect(c.resume_job)
+        jobs.move_requested.connect(c.move_job)
+        self.backend_panel.choice_changed.connect(self._on_backend_choice)
+        self.backend_panel.test_requested.connect(c.check_backend)
+        self.backend_panel.token_save_requested.connect(c.save_replicate_token)
 
         self.browser.view.selectionModel().selectionChanged.connect(self._sync_from_browser)
         self.caption_grid.table.selectionModel().selectionChanged.connect(self._sync_from_grid)
@@ -438,6 +465,44 @@ class MainWindow(QMainWindow):
         if level in (WARNING, ERROR):
             self.message_bar.show_message(level, text)
 
+    def train(self) -> None:
+        """Train where the backend panel says; a Replicate run is confirmed with its
+        estimated cost first."""
+        if self.controller.backend_choice.kind is not BackendType.REPLICATE:
+            self.controller.start_training()
+            return
+        task = asyncio.ensure_future(self.controller.replicate_cost())
+
+        def confirm(done: asyncio.Future[object]) -> None:
+            if done.cancelled() or self._closed:
+                return
+            exc = done.exception()
+            if exc is not None:
+                self.show_message(ERROR, f"Cannot train on Replicate: {exc}")
+                return
+            self._confirm_cost(done.result())
+
+        task.add_done_callback(confirm)
+
+    def _confirm_cost(self, estimate: object) -> None:
+        describe = getattr(estimate, "describe", None)
+        cost = describe() if callable(describe) else "unknown (no price for this GPU)"
+        dialog = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Train on Replicate?",
+            f"This run is billed to your Replicate account: {cost}.\n\n"
+            f"The real cost is what the trainer takes; it is shown in the jobs list when "
+            f"the run ends.",
+            QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        start = dialog.addButton("Train on Replicate", QMessageBox.ButtonRole.AcceptRole)
+        dialog.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        start.clicked.connect(lambda: self.controller.start_training())
+        dialog.finished.connect(dialog.deleteLater)
+        self.cost_dialog = dialog
+        dialog.open()
+
     def _train_if_enabled(self) -> None:
         if self.preset_form.train_button.isEnabled():
             self.preset_form.train_button.click()
@@ -485,7 +550,63 @@ class MainWindow(QMainWindow):
         self.job_monitor.on_job_started(job)
 
     def _on_job_finished(self, progress: Progress) -> None:
-        self.job_monitor.on_finished(progress)
+        if self.job_monitor.shows_local_run:
+            self.job_monitor.on_finished(progress)
+
+    def _on_local_progress(self, progress: Progress) -> None:
+        if self.job_monitor.shows_local_run:
+            self.job_monitor.on_progress(progress)
+
+    def _on_job_updated(self, job: Job, progress: Progress) -> None:
+        jobs = self.job_monitor.jobs
+        new = jobs.model.row_of(job.id) < 0
+        jobs.model.update_job(job, progress)
+        self.job_monitor.on_job_update(job, progress)
+        if not new:
+            return
+        local_active = self.controller.is_training and self.job_monitor.shows_local_run
+        current = self.controller.current_job
+        if current is not None and current.id == job.id:  # the run just started here
+            jobs.select_job(job.id, notify=False)
+        elif progress.status is JobStatus.QUEUED and not local_active:
+            jobs.select_job(job.id)  # follow the run just queued
+
+    def _on_job_selected(self, job: Job | None) -> None:
+        if job is None:
+            return
+        current = self.controller.current_job
+        if current is not None and current.id == job.id:
+            if not self.job_monitor.shows_local_run:
+                self.job_monitor.show_local_run()
+                self.job_monitor.set_training_active(True)
+                self.job_monitor.on_job_started(current)
+                if self.controller.last_progress is not None:
+                    self.job_monitor.on_progress(self.controller.last_progress)
+            return
+        self.controller.load_job_details(job.id)
+
+    def _on_job_details(
+        self, job: Job, logs: list[str], losses: list[tuple[int, float]], checkpoint: object
+    ) -> None:
+        jobs = self.job_monitor.jobs
+        jobs.set_resumable(job.id, checkpoint is not None)
+        selected = jobs.selected_job()
+        if selected is None or selected.id != job.id:
+            return  # the user moved on meanwhile
+        live = jobs.model.progress(job.id)
+        if job.status.is_finished and live is not None and not live.is_finished():
+            live = None  # the history is newer
+        self.job_monitor.show_job(job, live, logs, losses)
+
+    def _on_backend_choice(self, choice: BackendChoice) -> None:
+        self.controller.set_backend_choice(choice)
+        self.preset_form.set_base_model_required(not choice.is_remote)
+        self.settings.setValue(KEY_BACKEND, choice.to_json())
+
+    def _on_backend_checked(self, ok: bool, message: str, checkpoints: object) -> None:
+        if ok and isinstance(checkpoints, tuple) and checkpoints:
+            self.backend_panel.set_checkpoints(checkpoints)
+        self.backend_panel.set_check_result(ok, message)
 
     def _on_devices_detected(self, cuda_count: int, cpu_processes: int) -> None:
         self.preset_form.set_devices(cuda_count, cpu_processes)

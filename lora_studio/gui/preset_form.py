@@ -419,6 +419,8 @@ class PresetForm(QWidget):
         layout.addWidget(self.error_label)
         layout.addWidget(estimate_box)
         layout.addWidget(self.train_button)
+        self._layout = layout
+        self._base_model_required = True
 
         self.set_config(config)
 
@@ -554,6 +556,16 @@ class PresetForm(QWidget):
             self.base_model_status.setText(description)
             self.base_model_status.setStyleSheet(f"color: {artwork.MUTED.name()};")
             self.base_model_edit.setStyleSheet("")
+        self._update_train_button()
+
+    def add_backend_panel(self, panel: QWidget) -> None:
+        """Put the "train on" chooser between the settings and the estimate."""
+        self._layout.insertWidget(self._layout.indexOf(self.error_label), panel)
+
+    def set_base_model_required(self, required: bool) -> None:
+        """Whether Train needs a base model that exists here (not for remote runs: the
+        model is on the server)."""
+        self._base_model_required = required
         self._update_train_button()
 
     def set_output_dir(self, folder: str) -> None:
@@ -723,7 +735,7 @@ class PresetForm(QWidget):
             reason = "Open a dataset first."
         elif not self._valid:
             reason = "Fix the settings marked in red first."
-        elif self._base_model_error:
+        elif self._base_model_error and self._base_model_required:
             reason = "Choose a base model that exists first."
         self.train_button.setEnabled(not reason)
         self.train_button.setText("Training\u2026" if self._training else "Train")
