@@ -13,6 +13,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -91,7 +92,12 @@ def missing_qt_library(
     return None
 
 
-def run_gui(dataset: str | None = None, base_model: str | None = None) -> int:
+SMOKE_TEST_TIMEOUT_S = 120.0
+
+
+def run_gui(
+    dataset: str | None = None, base_model: str | None = None, *, smoke_test: bool = False
+) -> int:
     """Open the main window and run until it is closed.
 
     Args:
@@ -99,9 +105,12 @@ def run_gui(dataset: str | None = None, base_model: str | None = None) -> int:
             copy of the bundled sample dataset.
         base_model: the base model to train on; by default the last one used, or
             ``builtin:tiny-sd15``.
+        smoke_test: open the window, wait until the dataset has loaded (or failed to),
+            then close it: a check that a packaged build starts (``make package-smoke``).
 
     Returns:
-        The process exit code: 0 after a normal close, 2 when there is no display.
+        The process exit code: 0 after a normal close (or a smoke test that opened the
+        window and the dataset), 1 when a smoke test failed, 2 when there is no display.
     """
     if display_missing():
         print(NO_DISPLAY_MESSAGE, file=sys.stderr)
@@ -136,6 +145,9 @@ def run_gui(dataset: str | None = None, base_model: str | None = None) -> int:
     app.setApplicationDisplayName(APP_NAME)
     app.setOrganizationName(ORG_NAME)
     app.setOrganizationDomain(ORG_DOMAIN)
+    # Wayland's app id: the launcher packaging/linux/lora-studio.desktop (its icon, its
+    # taskbar entry).
+    app.setDesktopFileName("lora-studio")
     app.setWindowIcon(artwork.app_icon())
     app.setStyle("Fusion")
 
@@ -151,6 +163,13 @@ def run_gui(dataset: str | None = None, base_model: str | None = None) -> int:
         loop=loop,
     )
     window = MainWindow(controller, settings)
+    smoke_result: list[int] = []
+    if smoke_test:
+        _start_smoke_test(app, window, controller, smoke_result)
+    # macOS hands a folder dropped on the Dock icon (or opened with the app) to the running
+    # app as a file-open event, not as an argument.
+    open_filter = _file_open_filter(window.open_dataset, app)
+    app.installEventFilter(open_filter)
     report = _error_reporter(window.show_message, ERROR, str(log_file()))
     previous_hook = sys.excepthook
     sys.excepthook = report
@@ -174,7 +193,68 @@ def run_gui(dataset: str | None = None, base_model: str | None = None) -> int:
     finally:
         controller.shutdown()  # no-op after a normal exit
         sys.excepthook = previous_hook
-    return 0
+        app.removeEventFilter(open_filter)
+    return smoke_result[0] if smoke_result else 0
+
+
+def _start_smoke_test(app: Any, window: Any, controller: Any, result: list[int]) -> None:
+    """Close the window once the first dataset has loaded; ``result`` gets the exit code.
+
+    One line on stdout says what opened (the packaging check greps for it); a failure or
+    no dataset within :data:`SMOKE_TEST_TIMEOUT_S` is one line on stderr and code 1.
+    """
+    from PySide6.QtCore import QTimer
+
+    def finish(code: int, message: str) -> None:
+        if result:
+            return
+        result.append(code)
+        print(f"lora-studio smoke test: {message}", file=sys.stderr if code else sys.stdout)
+        sys.stdout.flush()
+        window.close()
+        QTimer.singleShot(0, app.quit)  # also when close() was refused
+
+    def loaded(dataset: Any) -> None:
+        if not window.isVisible():
+            finish(1, "the window is not visible")
+            return
+        finish(0, f"window opened on {dataset.root} ({len(dataset)} images)")
+
+    controller.dataset_loaded.connect(loaded)
+    controller.dataset_failed.connect(lambda text: finish(1, f"the dataset failed: {text}"))
+    QTimer.singleShot(
+        int(SMOKE_TEST_TIMEOUT_S * 1000),
+        lambda: finish(1, f"no dataset loaded within {SMOKE_TEST_TIMEOUT_S:.0f} s"),
+    )
+
+
+@cache
+def _file_open_filter_class() -> type:
+    # Defined on first use: Qt is imported only after the display checks.
+    from PySide6.QtCore import QEvent, QObject
+    from PySide6.QtGui import QFileOpenEvent
+
+    class FileOpenFilter(QObject):
+        """Opens the folder of a ``QFileOpenEvent`` (macOS: a folder dropped on the Dock
+        icon, or "Open With" in the Finder); an image opens the folder it is in."""
+
+        def __init__(self, open_dataset: Callable[[str], None], parent: QObject) -> None:
+            super().__init__(parent)
+            self._open_dataset = open_dataset
+
+        def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+            if event.type() == QEvent.Type.FileOpen and isinstance(event, QFileOpenEvent):
+                path = Path(event.file())
+                if path.exists():
+                    self._open_dataset(str(path if path.is_dir() else path.parent))
+                    return True
+            return super().eventFilter(watched, event)
+
+    return FileOpenFilter
+
+
+def _file_open_filter(open_dataset: Callable[[str], None], parent: Any) -> Any:
+    return _file_open_filter_class()(open_dataset, parent)
 
 
 def _error_reporter(
@@ -207,10 +287,10 @@ def _report_loop_error(
 
 
 def main() -> int:
-    """Entry point of ``lora-studio-gui``: ``lora-studio-gui [DATASET_DIR]``."""
-    args = sys.argv[1:]
-    dataset = args[0] if args and not args[0].startswith("-") else None
-    return run_gui(dataset)
+    """Entry point of ``lora-studio-gui``: the same as ``lora-studio gui [PATH] [options]``."""
+    from lora_studio.cli import main as cli_main
+
+    return cli_main(["gui", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
