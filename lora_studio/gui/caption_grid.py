@@ -71,6 +71,7 @@ ROW_HEIGHT = 60
 REVIEW_ROW_HEIGHT = 84
 THUMB = 48
 IMAGE_WIDTH, IMAGE_MIN = 178, 158
+REVIEW_IMAGE_MIN = 112  # the thumbnail and a few letters of the name
 STATUS_WIDTH, STATUS_MIN = 92, 58
 
 
@@ -409,11 +410,19 @@ class CaptionGrid(QWidget):
         if not self._fit_columns:
             return
         width = self.table.viewport().width()
+        # Beside a proposed caption, the two captions need the room more than the names.
+        reviewing = not self.table.isColumnHidden(Column.PROPOSAL)
+        image_share, image_min = (26, REVIEW_IMAGE_MIN) if reviewing else (36, IMAGE_MIN)
+        status_share = 13 if reviewing else 17
         self._fitting = True
         try:
             head = self.table.horizontalHeader()
-            head.resizeSection(Column.IMAGE, max(IMAGE_MIN, min(IMAGE_WIDTH, width * 36 // 100)))
-            head.resizeSection(Column.STATUS, max(STATUS_MIN, min(STATUS_WIDTH, width * 17 // 100)))
+            head.resizeSection(
+                Column.IMAGE, max(image_min, min(IMAGE_WIDTH, width * image_share // 100))
+            )
+            head.resizeSection(
+                Column.STATUS, max(STATUS_MIN, min(STATUS_WIDTH, width * status_share // 100))
+            )
         finally:
             self._fitting = False
 
@@ -470,6 +479,7 @@ class CaptionGrid(QWidget):
             self.table.verticalHeader().setDefaultSectionSize(
                 REVIEW_ROW_HEIGHT if pending else ROW_HEIGHT
             )
+            self._fit_widths()
         self.proxy.refresh()
         self._update_review_bar()
 

@@ -36,12 +36,13 @@ from PySide6.QtGui import (
     QMouseEvent,
     QPainter,
     QPalette,
+    QResizeEvent,
     QTextDocument,
 )
 from PySide6.QtWidgets import (
     QApplication,
     QFrame,
-    QHBoxLayout,
+    QGridLayout,
     QLabel,
     QPushButton,
     QStyle,
@@ -284,7 +285,6 @@ class ReviewBar(QFrame):
             "#reviewBar { background: #eef1fb; border: 1px solid #c5cae9; border-radius: 4px; }"
         )
         self.label = QLabel()
-        self.label.setWordWrap(True)
         self.accept_selected_button = QPushButton("Accept selected")
         self.reject_selected_button = QPushButton("Reject selected")
         self.accept_all_button = QPushButton("Accept all")
@@ -304,17 +304,48 @@ class ReviewBar(QFrame):
         self.reject_selected_button.clicked.connect(self.reject_selected)
         self.accept_all_button.clicked.connect(self.accept_all)
         self.reject_all_button.clicked.connect(self.reject_all)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(8, 4, 4, 4)
-        layout.addWidget(self.label, 1)
-        for button in (
+        self.buttons = (
             self.accept_selected_button,
             self.reject_selected_button,
             self.accept_all_button,
             self.reject_all_button,
-        ):
-            layout.addWidget(button)
+        )
+        self._layout = QGridLayout(self)
+        self._layout.setContentsMargins(8, 4, 4, 4)
+        self._layout.setHorizontalSpacing(6)
+        self._stacked: bool | None = None
+        self._arrange(stacked=False)
         self.hide()
+
+    def _arrange(self, stacked: bool) -> None:
+        """One row; or, when the panel is too narrow for that, the count above the buttons."""
+        if stacked == self._stacked:
+            return
+        self._stacked = stacked
+        for widget in (self.label, *self.buttons):
+            self._layout.removeWidget(widget)
+        if stacked:
+            self._layout.addWidget(self.label, 0, 0, 1, len(self.buttons) + 1)
+            for column, button in enumerate(self.buttons):
+                self._layout.addWidget(button, 1, column)
+            self._layout.setColumnStretch(0, 0)
+            self._layout.setColumnStretch(len(self.buttons), 1)
+        else:
+            self._layout.addWidget(self.label, 0, 0)
+            for column, button in enumerate(self.buttons, start=1):
+                self._layout.addWidget(button, 0, column)
+            self._layout.setColumnStretch(len(self.buttons), 0)
+            self._layout.setColumnStretch(0, 1)
+
+    def _one_row_width(self) -> int:
+        margins = self._layout.contentsMargins()
+        spacing = self._layout.horizontalSpacing() * len(self.buttons)
+        widths = sum(b.sizeHint().width() for b in self.buttons)
+        return self.label.sizeHint().width() + widths + spacing + margins.left() + margins.right()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        self._arrange(stacked=self.width() < self._one_row_width())
+        super().resizeEvent(event)
 
     def set_counts(self, pending: int, conflicts: int, selected: int) -> None:
         """``pending`` proposals (``conflicts`` of them), ``selected`` among the selection."""
@@ -326,6 +357,7 @@ class ReviewBar(QFrame):
                 f"conflict{'' if conflicts == 1 else 's'}</span>"
             )
         self.label.setText(text)
+        self._arrange(stacked=self.width() < self._one_row_width())
         self.label.setToolTip(
             "Automatic captions wait here until you accept them; the caption files do not "
             "change before. A conflict is a caption you edited after it was proposed."
