@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 TEST_ENV := QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 	TOKENIZERS_PARALLELISM=false
 
-.PHONY: run test bench lint screenshot install clean
+.PHONY: run test bench lint screenshot install clean package package-smoke
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,5 +58,22 @@ screenshot: $(STAMP)
 	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(BIN)/python scripts/screenshot_captioning.py \
 		docs/screenshot-captioning.png --dialog docs/screenshot-caption-dialog.png --width 1600
 
+# The desktop app as one folder, dist/lora-studio/ (PyInstaller, packaging/lora-studio.spec;
+# notes for Linux, Windows and macOS in packaging/README.md). It bundles the torch in .venv:
+# the CPU build by default, a CUDA build if you installed that first. PyInstaller is
+# installed into .venv for this target only. About 12 minutes and 2 GB on a 2-core machine.
+PYINSTALLER ?= pyinstaller>=6.10
+package: $(STAMP)
+	$(PIP) install "$(PYINSTALLER)"
+	$(BIN)/pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller \
+		packaging/lora-studio.spec
+	@du -sh dist/lora-studio
+
+# Starts the built app offscreen (the window opens on a dataset and closes by itself) and
+# builds the tiny model with the bundled torch; builds the app first if there is none.
+package-smoke:
+	@test -x dist/lora-studio/lora-studio || $(MAKE) package
+	packaging/smoke-test.sh dist/lora-studio/lora-studio
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info
