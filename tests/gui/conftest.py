@@ -91,6 +91,28 @@ def qloop(qapp: QApplication) -> Iterator[asyncio.AbstractEventLoop]:
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
     asyncio.set_event_loop(None)
+    # The closed loop's QObjects (its timer, its call_soon signaller, its executor's
+    # QThreads) must die here, on the GUI thread. Left to the collector, they die in
+    # whichever thread collects next - a worker thread of a later test without Qt, where
+    # aiohttp's cache of Applications (which hold their loop) or a reference cycle lets go
+    # of them - and Qt then crashes in its next event processing.
+    _delete_qt_parts(loop)
+    del pending, loop
+    gc.collect()
+
+
+def _delete_qt_parts(loop: asyncio.AbstractEventLoop) -> None:
+    import shiboken6
+
+    executor = getattr(loop, "_QEventLoop__default_executor", None)
+    parts = [
+        getattr(loop, "_timer", None),
+        getattr(loop, "_QEventLoop__call_soon_signaller", None),
+        *(getattr(executor, "_QThreadExecutor__workers", None) or ()),
+    ]
+    for part in parts:
+        if part is not None and shiboken6.isValid(part):
+            shiboken6.delete(part)
 
 
 WindowFactory = Callable[..., MainWindow]

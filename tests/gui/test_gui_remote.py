@@ -18,6 +18,7 @@ from pathlib import Path
 
 import keyring
 import pytest
+from aiohttp import web_app
 from gui_helpers import close_window, fast_config, run
 from keyring.backend import KeyringBackend
 from PySide6.QtCore import QEvent
@@ -111,6 +112,12 @@ def remote_window(
     for window in made:
         close_window(qloop, window)
     made.clear()
+    # aiohttp caches its middleware chains per Application (a module-level lru_cache), and
+    # an Application holds its event loop: the stand-ins' apps would keep this test's qasync
+    # loop (QObjects, QThreads) alive until some later collection on some other thread.
+    cached = getattr(web_app, "_cached_build_middleware", None)
+    if cached is not None:
+        cached.cache_clear()
     # Qt objects die here, on the GUI thread, not in whichever thread collects next.
     QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     gc.collect()
