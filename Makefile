@@ -61,7 +61,7 @@ screenshot: $(STAMP)
 # The desktop app as one folder, dist/lora-studio/ (PyInstaller, packaging/lora-studio.spec;
 # notes for Linux, Windows and macOS in packaging/README.md). It bundles the torch in .venv:
 # the CPU build by default, a CUDA build if you installed that first. PyInstaller is
-# installed into .venv for this target only. About 12 minutes and 2 GB on a 2-core machine.
+# installed into .venv for this target only. About 5-7 minutes on 2 cores; 1.2 GB.
 PYINSTALLER ?= pyinstaller>=6.10
 package: $(STAMP)
 	$(PIP) install "$(PYINSTALLER)"

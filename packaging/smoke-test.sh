@@ -2,8 +2,9 @@
 # Starts a built LoRA Studio offscreen and checks that it works (`make package-smoke`):
 #   1. the window opens on the sample dataset and closes by itself (--smoke-test, exit 0);
 #   2. a dataset folder given on the command line opens (what the launcher's %F does);
-#   3. the bundled torch + diffusers + transformers build the tiny model (the training stack
-#      is importable and its data files are there).
+#   3. two training steps on the tiny model (the bundled torch, diffusers, transformers, peft
+#      and accelerate, and their data files) and `lora inspect` on the LoRA it wrote;
+#   4. `APP -u -m lora_studio ...`, the way accelerate starts one worker per GPU.
 # Everything it writes goes to a temporary LORA_STUDIO_HOME, removed at the end.
 #
 # Usage: packaging/smoke-test.sh [path/to/lora-studio]   (default dist/lora-studio/lora-studio)
@@ -40,5 +41,10 @@ mkdir -p "$home/my dataset"
 cp "$home/data/sample_dataset/"papercut_0[1-3].* "$home/my dataset/"
 step "window on a folder from the command line" "window opened on $home/my dataset (3 images)" \
     "$app" "$home/my dataset" --smoke-test
-step "the training stack (tiny model)" "$home/tiny" "$app" models make-tiny "$home/tiny"
+step "two training steps on the tiny model" "$home/out/smoke.safetensors" \
+    "$app" train "$home/my dataset" --base-model builtin:tiny-sd15 --preset fast \
+    --max-steps 2 --resolution 64 --name smoke --output "$home/out"
+step "the LoRA it wrote" "format: *kohya" "$app" lora inspect "$home/out/smoke.safetensors"
+# how accelerate starts a worker per GPU: sys.executable -u -m lora_studio ...
+step "python-style -m start" "kind: *builtin" "$app" -u -m lora_studio models info builtin:tiny-sd15
 echo "smoke test: passed"
