@@ -244,8 +244,9 @@ class CaptionController(QObject):
                     failed_report(request, ""), state=RunState.CANCELLED, error=None
                 )
         finally:
-            self._added_timer.stop()
-            self._flush_added()
+            if not self._closed:  # else the window (and this object's timer) may be gone
+                self._added_timer.stop()
+                self._flush_added()
             if provider is not None:
                 await _close(provider)
             self._run = None
