@@ -979,11 +979,14 @@ class StudioController(QObject):
 
     async def _save_token(self, token: str) -> None:
         try:
-            await asyncio.to_thread(secrets.save_token, secrets.REPLICATE, token)
+            warning = await asyncio.to_thread(secrets.save_token, secrets.REPLICATE, token)
         except secrets.SecretError as exc:
             self._say(ERROR, str(exc))
             return
-        self._say(INFO, "Saved the Replicate token in the keyring.")
+        if warning:  # no keyring on this system: kept in the owner-only fallback file
+            self._say(WARNING, warning)
+        else:
+            self._say(INFO, "Saved the Replicate token in the keyring.")
         self.refresh_token_state()
 
     def refresh_token_state(self) -> asyncio.Task[None]:
@@ -996,7 +999,12 @@ class StudioController(QObject):
         if os.environ.get(source.env_var, "").strip():
             text = f"Using the token in {source.env_var}."
         elif await asyncio.to_thread(secrets.get_token, source):
-            text = "A token is saved in the keyring."
+            in_file = await asyncio.to_thread(secrets.file_token, source)
+            text = (
+                f"A token is saved in {secrets.fallback_file()} (no keyring on this system)."
+                if in_file
+                else "A token is saved in the keyring."
+            )
         else:
             text = "No token yet: paste yours and press Save token."
         self.token_state_changed.emit(text)
