@@ -352,7 +352,7 @@ def child(
     command += ["--steps", str(steps), "--resolution", str(args.resolution)]
     command += ["--batch", str(args.batch), "--rank", str(args.rank)]
     command += ["--data", str(scratch / "data"), "--out", str(scratch / f"out-{role}")]
-    command += ["--cache", str(cache), "--result", str(out)]
+    command += ["--cache", str(cache), "--result", str(out), "--threads", str(args.threads)]
     subprocess.run(command, check=True, cwd=REPO)
     return json.loads(out.read_text(encoding="utf-8"))
 
@@ -367,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=2, help="fresh-process start-up measurements per side"
     )
     parser.add_argument("--last", type=int, default=20, help="steps in the loss comparison")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads on both sides (0: torch's default, one per core). On a machine "
+        "shared with other work, 1 keeps the threads from waiting for each other",
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     # Internal: run one side (or both, paired) in this process.
     parser.add_argument("--role", choices=["reference", "ours", "paired"], help=argparse.SUPPRESS)
@@ -378,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.role:
         sys.path.insert(0, str(REPO))
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         run = {"reference": run_reference, "ours": run_ours, "paired": run_paired}[args.role]
         Path(args.result).write_text(json.dumps(run(args)), encoding="utf-8")
         return 0
@@ -391,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     from lora_studio.training.tiny import ensure_builtin_model
 
     ensure_builtin_model("tiny-sd15")  # built once, outside every timing
-    threads = torch.get_num_threads()
+    threads = args.threads or torch.get_num_threads()
     say(
         f"tiny SD 1.5, {args.resolution} px, batch {args.batch}, rank {args.rank}, "
         f"{args.steps} steps; CPU: {os.cpu_count()} cores, torch {threads} threads, "
