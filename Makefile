@@ -46,7 +46,7 @@ bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_index.py --images 10000
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_prepare.py --photos --images 300 --resolution 1024 --buckets
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_caption.py --images 100
-	$(TEST_ENV) $(BIN)/python benchmarks/bench_train.py --steps 30 --rounds 2
+	$(TEST_ENV) $(BIN)/python benchmarks/bench_train.py --steps 30 --rounds 2 --threads 1
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_estimates.py --steps 16
 
 lint: $(STAMP)
