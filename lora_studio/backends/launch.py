@@ -285,6 +285,17 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def cuda_gpu_memory() -> tuple[str, float]:
+    """The first CUDA GPU's name and memory in GB (``("", 0.0)`` without one). Imports
+    torch: call it off the GUI thread."""
+    if not cuda_device_count():
+        return "", 0.0
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return str(props.name), props.total_memory / 1024**3
+
+
 def _gpu_count_status(wanted: int) -> BackendStatus:
     try:
         import torch  # noqa: F401

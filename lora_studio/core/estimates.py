@@ -29,7 +29,9 @@ coefficients are calibrated and their measured error is in ``docs/estimates.md``
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from lora_studio.core.config import LoraConfig, MixedPrecision, ModelFamily, Optimizer
 
@@ -326,6 +328,9 @@ class Estimate:
     #: the VRAM terms of the peak phase, in GB (weights, lora, activations, overhead).
     vram_parts: dict[str, float] = field(default_factory=dict)
     trainable_params: int = 0
+    #: the family and model size the numbers are for (what :func:`fit_suggestions` redoes)
+    family: ModelFamily | None = None
+    tiny: bool = False
 
     @property
     def minutes(self) -> float:
@@ -444,7 +449,151 @@ def estimate(
         hardware=arch.hardware,
         vram_parts=parts,
         trainable_params=trainable_parameters(config, arch),
+        family=fam,
+        tiny=tiny,
     )
+
+
+@dataclass(frozen=True)
+class FitSuggestion:
+    """A change of settings that brings the VRAM estimate under a limit.
+
+    Attributes:
+        label: what it does, for a button ("Gradient checkpointing").
+        changes: the config fields to set (``LoraConfig.replace(**changes)``).
+        vram_gb: the estimate with the change.
+        cost: what it costs, in a few words ("~25% slower steps").
+    """
+
+    label: str
+    changes: dict[str, Any]
+    vram_gb: float
+    cost: str = ""
+
+
+_RANK_STEPS = (128, 64, 32, 16, 8, 4)
+_RESOLUTION_STEPS = (1536, 1280, 1024, 896, 768, 640, 512, 384, 256)
+
+
+def _vram_with(
+    config: LoraConfig, changes: Mapping[str, Any], family: ModelFamily, tiny: bool
+) -> float:
+    return estimate_vram_gb(config.replace(**changes), family, tiny=tiny)
+
+
+def fit_suggestions(
+    config: LoraConfig,
+    limit_gb: float,
+    family: ModelFamily | None = None,
+    *,
+    tiny: bool = False,
+) -> list[FitSuggestion]:
+    """The changes that each bring ``config``'s VRAM estimate to ``limit_gb`` or under.
+
+    Tried one at a time: gradient checkpointing, the 8-bit optimizer, batch 1, the largest
+    lower rank that fits (alpha scaled with it, so the update's scale stays), the largest
+    lower resolution that fits. When none fits alone, one suggestion combines them (the
+    cheap ones first, then rank and resolution as far as needed); an empty list means even
+    that does not fit. Every number comes from :func:`estimate_vram_gb`: pure arithmetic,
+    well under a millisecond.
+    """
+    fam = family or config.family
+    if estimate_vram_gb(config, fam, tiny=tiny) <= limit_gb:
+        return []
+    singles: list[tuple[str, dict[str, Any], str]] = []
+    if not config.gradient_checkpointing:
+        singles.append(
+            ("Gradient checkpointing", {"gradient_checkpointing": True}, "~25% slower steps")
+        )
+    if config.optimizer not in (Optimizer.ADAMW_8BIT, Optimizer.ADAFACTOR):
+        singles.append(
+            ("AdamW 8-bit optimizer", {"optimizer": Optimizer.ADAMW_8BIT.value}, "CUDA only")
+        )
+    if config.batch_size > 1:
+        singles.append(
+            ("Batch size 1", {"batch_size": 1}, f"{config.batch_size}x the steps, noisier")
+        )
+    found: list[FitSuggestion] = []
+    for label, changes, cost in singles:
+        vram = _vram_with(config, changes, fam, tiny)
+        if vram <= limit_gb:
+            found.append(FitSuggestion(label, changes, vram, cost))
+    rank = _largest_fitting_rank(config, {}, limit_gb, fam, tiny)
+    if rank is not None:
+        found.append(rank)
+    resolution = _largest_fitting_resolution(config, {}, limit_gb, fam, tiny)
+    if resolution is not None:
+        found.append(resolution)
+    combined: dict[str, Any] = {}
+    for _, changes, _ in singles:
+        combined.update(changes)
+    labels = [label for label, _, _ in singles]
+    if found:
+        # Rank and resolution keep quality better when the cheap changes together fit.
+        vram = _vram_with(config, combined, fam, tiny)
+        if len(singles) > 1 and vram <= limit_gb:
+            found.append(FitSuggestion(" + ".join(labels), combined, vram, "all of these"))
+        return found
+    # Nothing alone is enough: everything cheap at once, then rank and resolution.
+    if _vram_with(config, combined, fam, tiny) > limit_gb:
+        for step in (_largest_fitting_rank, _largest_fitting_resolution):
+            best = step(config, combined, limit_gb, fam, tiny, lowest_if_none=True)
+            if best is None:
+                continue
+            combined.update(best.changes)
+            labels.append(best.label)
+            if _vram_with(config, combined, fam, tiny) <= limit_gb:
+                break
+    vram = _vram_with(config, combined, fam, tiny)
+    if not combined or vram > limit_gb:
+        return []
+    return [FitSuggestion(" + ".join(labels), combined, vram, "all of these")]
+
+
+def _largest_fitting_rank(
+    config: LoraConfig,
+    base: Mapping[str, Any],
+    limit_gb: float,
+    family: ModelFamily,
+    tiny: bool,
+    *,
+    lowest_if_none: bool = False,
+) -> FitSuggestion | None:
+    candidates = [r for r in _RANK_STEPS if r < config.rank]
+    last: FitSuggestion | None = None
+    for rank in candidates:
+        alpha = round(config.alpha * rank / config.rank, 4)
+        changes = {**base, "rank": rank, "alpha": alpha}
+        vram = _vram_with(config, changes, family, tiny)
+        last = FitSuggestion(
+            f"Rank {rank} (alpha {alpha:g})",
+            {"rank": rank, "alpha": alpha},
+            vram,
+            "less capacity for detail",
+        )
+        if vram <= limit_gb:
+            return last
+    return last if lowest_if_none else None
+
+
+def _largest_fitting_resolution(
+    config: LoraConfig,
+    base: Mapping[str, Any],
+    limit_gb: float,
+    family: ModelFamily,
+    tiny: bool,
+    *,
+    lowest_if_none: bool = False,
+) -> FitSuggestion | None:
+    last: FitSuggestion | None = None
+    for side in (s for s in _RESOLUTION_STEPS if s < config.resolution):
+        vram = _vram_with(config, {**base, "resolution": side}, family, tiny)
+        last = FitSuggestion(
+            f"Resolution {side} px", {"resolution": side}, vram, "less fine detail"
+        )
+        if vram <= limit_gb:
+            return last
+    return last if lowest_if_none else None
 
 
 def format_duration(seconds: float) -> str:

@@ -16,6 +16,7 @@ from PySide6.QtGui import (
     QLinearGradient,
     QPainter,
     QPainterPath,
+    QPalette,
     QPen,
     QPixmap,
 )
@@ -25,6 +26,32 @@ ERROR = QColor("#c62828")
 WARNING = QColor("#b26a00")
 SUCCESS = QColor("#2e7d32")
 MUTED = QColor("#757575")
+#: Muted text on a dark palette (#757575 is too dim there).
+MUTED_ON_DARK = QColor("#a8a8a8")
+#: Error and warning text on a dark palette (the light ones are too dark to read there).
+ERROR_ON_DARK = QColor("#ff8a80")
+WARNING_ON_DARK = QColor("#ffb74d")
+SUCCESS_ON_DARK = QColor("#81c784")
+
+
+def is_dark(palette: QPalette) -> bool:
+    """The palette's window is dark (the system is in dark mode)."""
+    return palette.color(QPalette.ColorRole.Window).lightness() < 128
+
+
+def muted_color(palette: QPalette) -> QColor:
+    """Secondary text that reads on ``palette``'s window colour."""
+    return MUTED_ON_DARK if is_dark(palette) else MUTED
+
+
+def error_color(palette: QPalette) -> QColor:
+    """Error text that reads on ``palette``'s window colour."""
+    return ERROR_ON_DARK if is_dark(palette) else ERROR
+
+
+def success_color(palette: QPalette) -> QColor:
+    """Success text that reads on ``palette``'s window colour."""
+    return SUCCESS_ON_DARK if is_dark(palette) else SUCCESS
 
 
 def _hills(painter: QPainter, rect: QRectF, colors: list[str]) -> None:

@@ -47,7 +47,7 @@ from PySide6.QtCore import QObject, Signal
 
 from lora_studio.backends.base import BackendConfig, TrainingBackend
 from lora_studio.backends.factory import backend_for_spec
-from lora_studio.backends.launch import LaunchBackend, cuda_device_count
+from lora_studio.backends.launch import LaunchBackend, cuda_device_count, cuda_gpu_memory
 from lora_studio.backends.local import LocalBackend
 from lora_studio.core import paths, secrets
 from lora_studio.core.atomic import ensure_writable_dir
@@ -267,6 +267,8 @@ class StudioController(QObject):
         token_state_changed(str): where the Replicate token comes from (never the token).
         remote_cost_changed(str): the estimated Replicate cost of the current settings.
         devices_detected(int, int): CUDA GPUs found, and CPU processes offered without.
+        gpu_detected(str, float): the first CUDA GPU's name and memory in GB (``"", 0.0``:
+            none), for the estimate's "does it fit" check.
         buckets_changed(dict[Path, Placement | str]): each image's bucket (or why it has
             none) under the current settings.
         message(str, str): a message for the user: level (info/warning/error), text.
@@ -290,6 +292,7 @@ class StudioController(QObject):
     job_finished = Signal(object)
     resume_available = Signal(object)
     devices_detected = Signal(int, int)
+    gpu_detected = Signal(str, float)
     buckets_changed = Signal(object)
     jobs_listed = Signal(object)
     job_updated = Signal(object, object)
@@ -435,6 +438,8 @@ class StudioController(QObject):
         count = await asyncio.to_thread(cuda_device_count)  # imports torch: seconds
         self.cuda_count = count
         self.devices_detected.emit(count, cpu_processes_offered() if count == 0 else 1)
+        name, memory = await asyncio.to_thread(cuda_gpu_memory) if count else ("", 0.0)
+        self.gpu_detected.emit(name, memory)
 
     # ---- dataset -------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ from lora_studio.gui.caption_grid import CaptionGrid
 from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController
 from lora_studio.gui.dataset_browser import DatasetBrowser
 from lora_studio.gui.dataset_model import Column, DatasetModel
+from lora_studio.gui.estimate_panel import GpuInfo
 from lora_studio.gui.job_monitor import JobMonitor, MonitorState
 from lora_studio.gui.preset_form import PresetForm
 from lora_studio.gui.thumbnail_loader import ThumbnailLoader
@@ -197,6 +198,7 @@ class MainWindow(QMainWindow):
         choice = BackendChoice.from_json(_text_value(self.settings.value(KEY_BACKEND)))
         self.backend_panel.set_choice(choice)
         self.preset_form.set_base_model_required(not choice.is_remote)
+        self._show_backend_in_estimate(choice)
         controller.set_backend_choice(choice)
         self.cost_dialog: QMessageBox | None = None
         self.message_bar = MessageBar()
@@ -304,10 +306,11 @@ class MainWindow(QMainWindow):
         c.job_details.connect(self._on_job_details)
         c.backend_checked.connect(self._on_backend_checked)
         c.token_state_changed.connect(self.backend_panel.set_token_state)
-        c.remote_cost_changed.connect(self.backend_panel.set_cost)
+        c.remote_cost_changed.connect(self.preset_form.estimate_panel.set_remote_cost)
         c.job_finished.connect(self._on_job_finished)
         c.resume_available.connect(self.job_monitor.set_resume_point)
         c.devices_detected.connect(self._on_devices_detected)
+        c.gpu_detected.connect(self._on_gpu_detected)
         c.buckets_changed.connect(self.dataset_model.set_placements)
         c.message.connect(self.show_message)
 
@@ -599,9 +602,14 @@ class MainWindow(QMainWindow):
         self.job_monitor.show_job(job, live, logs, losses)
 
     def _on_backend_choice(self, choice: BackendChoice) -> None:
+        self._show_backend_in_estimate(choice)
         self.controller.set_backend_choice(choice)
         self.preset_form.set_base_model_required(not choice.is_remote)
         self.settings.setValue(KEY_BACKEND, choice.to_json())
+
+    def _show_backend_in_estimate(self, choice: BackendChoice) -> None:
+        where = {BackendType.COMFYUI: "the ComfyUI server", BackendType.REPLICATE: "Replicate"}
+        self.preset_form.estimate_panel.set_remote(where.get(choice.kind, ""))
 
     def _on_backend_checked(self, ok: bool, message: str, checkpoints: object) -> None:
         if ok and isinstance(checkpoints, tuple) and checkpoints:
@@ -611,6 +619,9 @@ class MainWindow(QMainWindow):
     def _on_devices_detected(self, cuda_count: int, cpu_processes: int) -> None:
         self.preset_form.set_devices(cuda_count, cpu_processes)
         self.controller.set_processes(self.preset_form.processes)
+
+    def _on_gpu_detected(self, name: str, memory_gb: float) -> None:
+        self.preset_form.estimate_panel.set_gpu(GpuInfo(name, memory_gb))
 
     def _on_processes_edited(self, processes: int) -> None:
         self.controller.set_processes(processes)

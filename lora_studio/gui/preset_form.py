@@ -46,9 +46,16 @@ from lora_studio.core.config import (
     field_range,
 )
 from lora_studio.core.errors import ConfigError
-from lora_studio.core.estimates import Estimate, format_duration
+from lora_studio.core.estimates import Estimate
 from lora_studio.gui import artwork
 from lora_studio.gui.advanced_settings import AdvancedSettings, changed_fields
+from lora_studio.gui.estimate_panel import (  # noqa: F401 - the form's helpers live there
+    EstimatePanel,
+    GpuInfo,
+    cache_note,
+    cost_text,
+    steps_formula,
+)
 
 _INVALID_STYLE = f"border: 1px solid {artwork.ERROR.name()}; border-radius: 2px;"
 _PRECISION_LABELS = {
@@ -66,41 +73,6 @@ def format_learning_rate(value: float) -> str:
     mantissa, exponent = f"{value:e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
-
-
-def steps_formula(estimate: Estimate, config: LoraConfig, images: int) -> str:
-    """``12 images × 1 repeat × 5 epochs ÷ batch 1 = 60 steps``, spelled out."""
-    plan = estimate.plan
-    if images <= 0:
-        return "Open a dataset to see how many steps this is."
-    repeat_word = "repeat" if config.repeats == 1 else "repeats"
-    if plan.samples_per_epoch == images * config.repeats:
-        samples = f"{images} images \u00d7 {config.repeats} {repeat_word}"
-    else:
-        samples = f"{plan.samples_per_epoch} samples ({images} images with folder repeats)"
-    if config.gradient_accumulation_steps > 1:
-        divisor = (
-            f"(batch {config.batch_size} \u00d7 accumulation {config.gradient_accumulation_steps})"
-        )
-    else:
-        divisor = f"batch {config.batch_size}"
-    if config.max_steps:
-        return (
-            f"{plan.total_steps} steps (max steps) \u2248 {plan.epochs} epochs of "
-            f"{samples} \u00f7 {divisor}"
-        )
-    epoch_word = "epoch" if plan.epochs == 1 else "epochs"
-    return (
-        f"{samples} \u00d7 {plan.epochs} {epoch_word} \u00f7 {divisor} = {plan.total_steps} steps"
-    )
-
-
-def cost_text(estimate: Estimate) -> str:
-    """``≈ 9 s on a 2-core CPU · ≈ 0.1 GB VRAM``."""
-    return (
-        f"\u2248 {format_duration(estimate.seconds)} on {estimate.hardware} \u00b7 "
-        f"\u2248 {estimate.vram_gb:.1f} GB VRAM"
-    )
 
 
 # The fields a preset decides; name and trigger word are the user's own.
@@ -132,24 +104,6 @@ def preset_description(config: LoraConfig) -> str:
     if not changed:
         return preset.description
     return f"{preset.description} Changed here: {', '.join(changed)}."
-
-
-def cache_note(config: LoraConfig) -> str:
-    """Why caption embeddings cannot be cached for ``config`` ("" when they can)."""
-    if config.uses_text_cache:
-        return ""
-    varying = [
-        what
-        for what, on in (
-            ("caption dropout", config.caption_dropout > 0),
-            ("tag shuffling", config.shuffle_tags),
-        )
-        if on
-    ]
-    if varying:
-        verb = "vary" if len(varying) > 1 else "varies"
-        return f"Text cache off: {' and '.join(varying)} {verb} the captions."
-    return "Text cache off: the text encoder is trained."
 
 
 def device_choices(cuda_count: int | None, cpu_processes: int = 1) -> list[tuple[str, int]]:
@@ -362,38 +316,12 @@ class PresetForm(QWidget):
         )
 
         # ---- estimate and Train ----
-        self.steps_label = QLabel()
-        self.steps_label.setWordWrap(True)
-        self.steps_label.setStyleSheet("font-weight: bold;")
-        self.cost_label = QLabel()
-        self.cost_label.setWordWrap(True)
-        self.cost_label.setToolTip(
-            "Estimated from the model family, resolution, batch size and rank; real runs "
-            "vary with the hardware."
-        )
-        self.cache_label = QLabel()
-        self.cache_label.setWordWrap(True)
-        self.cache_label.setStyleSheet(f"color: {artwork.MUTED.name()};")
-        self.cache_label.setToolTip(
-            "Caption embeddings are normally computed once and reused every epoch (and by the "
-            "next run, when cached to disk). When the caption text changes from step to step, "
-            "or the text encoder itself is trained, they are encoded at every step instead: "
-            "a little slower, and the text encoders stay in memory."
-        )
-        self.cache_label.hide()
-        estimate_box = QFrame()
-        estimate_box.setObjectName("estimateBox")
-        estimate_box.setStyleSheet(
-            "#estimateBox { background: #eef1fb; border: 1px solid #c5cae9; border-radius: 6px; }"
-        )
-        est_layout = QVBoxLayout(estimate_box)
-        est_layout.setContentsMargins(10, 8, 10, 8)
-        est_title = QLabel("Estimate")
-        est_title.setStyleSheet(f"color: {artwork.MUTED.name()};")
-        est_layout.addWidget(est_title)
-        est_layout.addWidget(self.steps_label)
-        est_layout.addWidget(self.cost_label)
-        est_layout.addWidget(self.cache_label)
+        self.estimate_panel = EstimatePanel()
+        self.estimate_panel.apply_requested.connect(self.apply_changes)
+        estimate_box = self.estimate_panel
+        self.steps_label = self.estimate_panel.steps_label
+        self.cost_label = self.estimate_panel.cost_label
+        self.cache_label = self.estimate_panel.cache_label
 
         self.train_button = QPushButton("Train")
         self.train_button.setObjectName("trainButton")
@@ -712,15 +640,23 @@ class PresetForm(QWidget):
     # ---- display -------------------------------------------------------------------------
 
     def _show_estimate(self) -> None:
-        note = cache_note(self._config)
-        self.cache_label.setText(note)
-        self.cache_label.setVisible(bool(note))
+        self.estimate_panel.set_image_count(self._images)
         if self._estimate is None:
-            self.steps_label.setText("Estimating\u2026")
-            self.cost_label.setText("")
+            self.estimate_panel.set_config(self._config)
+        else:
+            self.estimate_panel.set_estimate(self._estimate, self._config)
+
+    def apply_changes(self, changes: dict[str, Any]) -> None:
+        """Set config fields (from the estimate's "make it fit" buttons, or a reset to the
+        preset): the form shows them and reports the new config as an edit."""
+        try:
+            config = self._config.replace(**changes)
+        except ConfigError as exc:
+            self.error_label.setText(f"\u26a0 {exc}")
+            self.error_label.show()
             return
-        self.steps_label.setText(steps_formula(self._estimate, self._config, self._images))
-        self.cost_label.setText(cost_text(self._estimate) if self._images else "")
+        self.set_config(config)
+        self.config_edited.emit(config)
 
     @property
     def valid(self) -> bool:

@@ -199,9 +199,9 @@ def test_train_on_replicate_from_the_window(remote_window, papercut, qloop, gui_
             window.controller.start()
             await open_dataset(window, papercut)
             await set_up_replicate(window, stand_in.api_url, TOKEN)
-            panel = window.backend_panel
-            await wait_until(lambda: "$" in panel.cost_label.text(), 20, what="the cost")
-            assert panel.cost_label.isVisible()
+            panel = window.preset_form.estimate_panel  # the cost is shown with the estimate
+            await wait_until(lambda: "$" in panel.remote_cost_label.text(), 20, what="the cost")
+            assert panel.remote_cost_label.isVisible()
             text = await press_train_and_confirm(window)
             assert "$" in text and "Nvidia" in text
             await wait_until(lambda: listed(window, BackendType.REPLICATE), 20, what="the job")
