@@ -189,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--quiet", "-q", action="store_true", help="print only the output path"
             )
+            batch = cmd.add_argument_group("a batch: several runs of one dataset, queued together")
+            batch.add_argument(
+                "--presets",
+                metavar="P1,P2",
+                help=f"one run per preset ({', '.join(sorted(PRESETS))}); with --base-models, "
+                "one per preset and base model",
+            )
+            batch.add_argument(
+                "--base-models", metavar="M1,M2", help="one run per base model (see --base-model)"
+            )
             remote = cmd.add_argument_group("where to train")
             remote.add_argument(
                 "--backend",
@@ -543,16 +553,9 @@ def _train(args: argparse.Namespace) -> int:
     from lora_studio.creator import LoraCreator
 
     remote = args.backend != BackendType.LOCAL.value
-    if args.backend == BackendType.COMFYUI.value:
-        if not args.backend_url:
-            raise ConfigError(
-                "Training on ComfyUI needs the server's URL: --backend-url http://HOST:8188."
-            )
-        if not args.checkpoint and args.base_model == DEFAULT_BASE_MODEL:
-            raise ConfigError(
-                "ComfyUI trains on one of the server's checkpoints: name it with --checkpoint "
-                "(as in its models/checkpoints folder, e.g. v1-5-pruned-emaonly.safetensors)."
-            )
+    _check_backend_args(args)
+    if args.presets or args.base_models:
+        return _train_batch(args)
     if remote:
         family, _tiny = _remote_family(args), False
     else:
@@ -581,6 +584,51 @@ def _train(args: argparse.Namespace) -> int:
             print_result=main_process,
         )
     )
+
+
+def _check_backend_args(args: argparse.Namespace) -> None:
+    if args.backend == BackendType.COMFYUI.value:
+        if not args.backend_url:
+            raise ConfigError(
+                "Training on ComfyUI needs the server's URL: --backend-url http://HOST:8188."
+            )
+        if not args.checkpoint and args.base_model == DEFAULT_BASE_MODEL:
+            raise ConfigError(
+                "ComfyUI trains on one of the server's checkpoints: name it with --checkpoint "
+                "(as in its models/checkpoints folder, e.g. v1-5-pruned-emaonly.safetensors)."
+            )
+
+
+def _train_batch(args: argparse.Namespace) -> int:
+    """One run per preset × base model, queued as a batch (commands/train_batch.py)."""
+    from lora_studio.backends.factory import backend_for_spec
+    from lora_studio.commands.train_batch import run_batch, split_list, variations
+
+    presets, models = split_list(args.presets), split_list(args.base_models)
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise ConfigError(
+            f"Unknown preset {', '.join(unknown)}; choose from {', '.join(sorted(PRESETS))}."
+        )
+    if presets and (args.preset or args.config):
+        raise ConfigError("--presets replaces --preset and --config; give one of them.")
+    for flag, value in (("--resume", args.resume), ("--estimate-only", args.estimate_only)):
+        if value:
+            raise ConfigError(f"{flag} is for one run, not a batch.")
+    Dataset.from_directory(args.dataset)  # a bad folder stops us before anything is queued
+    output = args.output or default_output_dir()
+    specs = []
+    for variation in variations(presets, models, args.base_model):
+        run_args = argparse.Namespace(**vars(args))
+        run_args.preset, run_args.base_model = variation.preset, variation.base_model
+        if args.backend == BackendType.LOCAL.value:
+            family, _tiny = _family_of(variation.base_model)
+        else:
+            family = _remote_family(run_args)
+        config = config_from_args(run_args, family)
+        config = config.replace(name=f"{config.name}-{variation.label}")
+        specs.append((variation.label, _backend_spec(run_args, config, output)))
+    return run_batch(specs, backend_for_spec)
 
 
 def _print_compatibility(path: Path) -> None:

@@ -346,6 +346,8 @@ class JobQueue:
                     continue
                 if job.spec is None:  # recorded by another host (the window's local run)
                     continue
+                if job.owner != current_process() and process_alive(job.owner):
+                    continue  # queued by another live window or command: its queue runs it
                 local = job.backend is BackendType.LOCAL
                 busy = sum(
                     1
@@ -359,6 +361,7 @@ class JobQueue:
     async def _launch(self, job: Job) -> None:
         spec = job.spec
         assert spec is not None
+        job.owner = current_process()  # adopted, if the process that queued it is gone
         backend: TrainingBackend | None = None
         try:
             backend = self.make_backend(spec)
