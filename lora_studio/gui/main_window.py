@@ -16,6 +16,7 @@ reads and writes no files itself (QSettings aside).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -68,6 +69,7 @@ from lora_studio.gui.dataset_model import Column, DatasetModel
 from lora_studio.gui.estimate_panel import GpuInfo
 from lora_studio.gui.job_monitor import JobMonitor, MonitorState
 from lora_studio.gui.preset_form import PresetForm
+from lora_studio.gui.settings_dialog import SettingsDialog, SettingsService, SettingsValues
 from lora_studio.gui.thumbnail_loader import ThumbnailLoader
 
 log = logging.getLogger(__name__)
@@ -204,6 +206,10 @@ class MainWindow(QMainWindow):
         self.message_bar = MessageBar()
         self.captions = CaptionController(controller, parent=self)
         self.caption_dialog: CaptionRunDialog | None = None
+        self.settings_dialog: SettingsDialog | None = None
+        preferences = app_settings.read_preferences(self.settings)
+        if preferences.device != "auto":  # "auto" leaves a LORA_STUDIO_DEVICE of the shell
+            app_settings.apply_device(preferences.device)
         processes, sections = app_settings.read_form_state(self.settings)
         self.preset_form.advanced.set_expanded_sections(sections)
         self.preset_form.set_processes(processes)
@@ -235,6 +241,13 @@ class MainWindow(QMainWindow):
         self.drop_hint = DropHint(central)
 
         self._build_menus()
+        # The status bar: the last message on the left, the dataset and the device on the right.
+        self.status_dataset = QLabel("No dataset")
+        self.status_dataset.setObjectName("statusDataset")
+        self.status_device = QLabel("Looking for a GPU\u2026")
+        self.status_device.setObjectName("statusDevice")
+        self.statusBar().addPermanentWidget(self.status_dataset)
+        self.statusBar().addPermanentWidget(self.status_device)
         self.statusBar().showMessage("Ready")
         self._connect()
         self._restore_geometry()
@@ -268,6 +281,13 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.train_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
+
+        edit_menu = self.menuBar().addMenu("&Edit")
+        self.settings_action = QAction("&Settings\u2026", self)
+        self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
+        self.settings_action.setShortcut(QKeySequence.StandardKey.Preferences)
+        self.settings_action.triggered.connect(self.open_settings_dialog)
+        edit_menu.addAction(self.settings_action)
 
         captions_menu = self.menuBar().addMenu("&Captions")
         self.caption_action = QAction("&Caption images\u2026", self)
@@ -311,6 +331,7 @@ class MainWindow(QMainWindow):
         c.resume_available.connect(self.job_monitor.set_resume_point)
         c.devices_detected.connect(self._on_devices_detected)
         c.gpu_detected.connect(self._on_gpu_detected)
+        c.caption_saved.connect(self._update_status_dataset)
         c.buckets_changed.connect(self.dataset_model.set_placements)
         c.message.connect(self.show_message)
 
@@ -421,6 +442,66 @@ class MainWindow(QMainWindow):
         if path:
             self.controller.load_config(path)
 
+    # ---- settings ------------------------------------------------------------------------
+
+    def settings_values(self) -> SettingsValues:
+        """What the Settings dialog shows: the remembered choices (never a token)."""
+        choice = self.backend_panel.choice
+        captioning = app_settings.read_caption_choices(self.settings)
+        preferences = app_settings.read_preferences(self.settings)
+        return SettingsValues(
+            comfyui_url=choice.comfyui_url,
+            replicate_url=choice.replicate_url,
+            hf_endpoint=preferences.hf_endpoint,
+            openai_url=captioning.get("openai/url", ""),
+            openai_model=captioning.get("openai/model", ""),
+            output_dir=str(self.controller.output_dir),
+            device=preferences.device,
+        )
+
+    def open_settings_dialog(self) -> SettingsDialog:
+        """Edit › Settings: servers, tokens, output folder, device."""
+        dialog = self.settings_dialog
+        if dialog is not None and dialog.isVisible():
+            dialog.raise_()
+            dialog.activateWindow()
+            return dialog
+        if dialog is not None:
+            dialog.deleteLater()
+        service = SettingsService(self.controller.output_dir)
+        dialog = SettingsDialog(self.settings_values(), service, self)
+        service.setParent(dialog)
+        service.token_saved.connect(self._on_token_saved)
+        service.token_failed.connect(lambda _service, text: self.show_message(ERROR, text))
+        dialog.accepted.connect(lambda: self.apply_settings(dialog.values()))
+        self.settings_dialog = dialog
+        dialog.show()
+        return dialog
+
+    def apply_settings(self, values: SettingsValues) -> None:
+        """Use and remember what the Settings dialog says."""
+        choice = self.backend_panel.choice
+        if values.comfyui_url and values.comfyui_url != choice.comfyui_url:
+            choice = dataclasses.replace(choice, comfyui_url=values.comfyui_url)
+            self.backend_panel.set_choice(choice)
+            self._on_backend_choice(choice)
+        if values.output_dir:
+            self.controller.set_output_dir(values.output_dir)
+        app_settings.remember_caption_choices(
+            self.settings, {"openai/url": values.openai_url, "openai/model": values.openai_model}
+        )
+        app_settings.remember_preferences(
+            self.settings, app_settings.Preferences(values.device, values.hf_endpoint)
+        )
+        app_settings.apply_device(values.device)
+        self.show_message(INFO, "Settings saved.")
+
+    def _on_token_saved(self, service: str, warning: str) -> None:
+        if warning:  # no keyring on this system: kept in the owner-only fallback file
+            self.show_message(WARNING, warning)
+        if service == "replicate":
+            self.controller.refresh_token_state()
+
     def open_caption_dialog(self) -> CaptionRunDialog | None:
         """Open (or bring forward) the "Caption images" dialog for the open dataset."""
         dataset = self.controller.dataset
@@ -515,6 +596,7 @@ class MainWindow(QMainWindow):
     def _on_dataset_loaded(self, dataset: Dataset) -> None:
         self.dataset_model.set_dataset(dataset)
         self.preset_form.set_image_count(len(dataset))
+        self._update_status_dataset()
         self.setWindowTitle(f"{dataset.root.name} \u2014 {APP_TITLE}")
         app_settings.remember(self.settings, app_settings.KEY_LAST_DATASET, str(dataset.root))
         if self.message_bar.isVisible() and self.message_bar.level == ERROR:
@@ -622,6 +704,23 @@ class MainWindow(QMainWindow):
 
     def _on_gpu_detected(self, name: str, memory_gb: float) -> None:
         self.preset_form.estimate_panel.set_gpu(GpuInfo(name, memory_gb))
+        if name:
+            self.status_device.setText(f"{name}, {memory_gb:.0f} GB")
+        else:
+            self.status_device.setText("No CUDA GPU: CPU")
+        self.status_device.setToolTip("The device local training runs on (Edit \u203a Settings)")
+
+    def _update_status_dataset(self, *_: object) -> None:
+        dataset = self.controller.dataset
+        if dataset is None:
+            self.status_dataset.setText("No dataset")
+            return
+        images = dataset.images
+        captioned = sum(1 for item in images if (item.caption or "").strip())
+        self.status_dataset.setText(
+            f"{dataset.root.name}: {len(images)} image{'s' if len(images) != 1 else ''}, "
+            f"{captioned} captioned"
+        )
 
     def _on_processes_edited(self, processes: int) -> None:
         self.controller.set_processes(processes)

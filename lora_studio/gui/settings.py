@@ -137,3 +137,42 @@ def remember_caption_choices(settings: QSettings, choices: dict[str, str]) -> No
             settings.setValue(key, value)
     finally:
         settings.endGroup()
+
+
+#: The Settings dialog's own choices (never a token: those go to the OS keyring).
+KEY_DEVICE = "preferences/device"
+KEY_HF_ENDPOINT = "preferences/hf_endpoint"
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What the Settings dialog keeps in QSettings besides the backend choice, the output
+    folder and the caption server (which live under their own keys)."""
+
+    device: str = "auto"
+    hf_endpoint: str = ""
+
+
+def read_preferences(settings: QSettings) -> Preferences:
+    device = _text(settings, KEY_DEVICE) or "auto"
+    return Preferences(
+        device=device if device in DEVICES else "auto",
+        hf_endpoint=_text(settings, KEY_HF_ENDPOINT) or "",
+    )
+
+
+def remember_preferences(settings: QSettings, preferences: Preferences) -> None:
+    settings.setValue(KEY_DEVICE, preferences.device)
+    settings.setValue(KEY_HF_ENDPOINT, preferences.hf_endpoint)
+
+
+def apply_device(device: str) -> None:
+    """Make the trainer use ``device`` (``auto``: CUDA, then Apple MPS, then the CPU)
+    through ``LORA_STUDIO_DEVICE``, which the trainer reads when a run starts."""
+    import os
+
+    if device in ("cuda", "mps", "cpu"):
+        os.environ["LORA_STUDIO_DEVICE"] = device
+    else:
+        os.environ.pop("LORA_STUDIO_DEVICE", None)
