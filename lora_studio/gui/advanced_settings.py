@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ from lora_studio.core.config import (
     field_label,
     field_range,
 )
+from lora_studio.core.user_presets import USER_PREFIX, is_user_key
 from lora_studio.gui import artwork
 from lora_studio.gui.elided_label import ElidedLabel
 
@@ -192,15 +193,27 @@ def describe_value(name: str, value: Any) -> str:
     return f"{label}: {text}"
 
 
-def preset_defaults(config: LoraConfig) -> LoraConfig:
-    """What ``config``'s preset sets (plain defaults when the preset is unknown)."""
+def preset_defaults(
+    config: LoraConfig, user_presets: Mapping[str, LoraConfig] | None = None
+) -> LoraConfig:
+    """What ``config``'s preset sets: a built-in one, one of ``user_presets`` (name ->
+    config, for ``user:<name>`` keys), or plain defaults when the preset is unknown."""
     preset = PRESETS.get(config.preset)
-    return preset.factory() if preset is not None else LoraConfig()
+    if preset is not None:
+        return preset.factory()
+    if user_presets and is_user_key(config.preset):
+        found = user_presets.get(config.preset.removeprefix(USER_PREFIX))
+        if found is not None:
+            return found
+    return LoraConfig()
 
 
-def changed_fields(config: LoraConfig, names: Iterable[str]) -> list[str]:
-    """The fields among ``names`` whose value differs from ``config``'s preset."""
-    defaults = preset_defaults(config)
+def changed_fields(
+    config: LoraConfig, names: Iterable[str], base: LoraConfig | None = None
+) -> list[str]:
+    """The fields among ``names`` whose value differs from ``base`` (default: ``config``'s
+    preset)."""
+    defaults = base if base is not None else preset_defaults(config)
     return [n for n in names if getattr(config, n) != getattr(defaults, n)]
 
 
@@ -590,14 +603,15 @@ class AdvancedSettings(QWidget):
     def values(self) -> dict[str, Any]:
         return {name: editor.value() for name, editor in self.editors.items()}
 
-    def show_config(self, config: LoraConfig) -> None:
-        """Show ``config``'s values, which fields apply, and what differs from its preset."""
+    def show_config(self, config: LoraConfig, base: LoraConfig | None = None) -> None:
+        """Show ``config``'s values, which fields apply, and what differs from its preset
+        (``base``: the preset's values, when it is not a built-in one)."""
         for name, editor in self.editors.items():
             editor.show(getattr(config, name))
         self.update_applicable(config)
         total: list[str] = []
         for section in self.sections:
-            changed = changed_fields(config, section.fields)
+            changed = changed_fields(config, section.fields, base)
             total += changed
             phrases = [describe_value(n, getattr(config, n)) for n in changed]
             self.disclosures[section.key].set_summary(

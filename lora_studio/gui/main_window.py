@@ -57,6 +57,7 @@ from lora_studio.core.dataset import Dataset
 from lora_studio.core.estimates import Estimate
 from lora_studio.core.formats import image_extensions
 from lora_studio.core.jobs import BackendType, Job, JobStatus, Progress
+from lora_studio.core.user_presets import PERSONAL_FIELDS, USER_PREFIX, is_user_key, user_key
 from lora_studio.gui import artwork
 from lora_studio.gui import settings as app_settings
 from lora_studio.gui.backend_panel import KEY_BACKEND, BackendChoice, BackendPanel
@@ -69,6 +70,7 @@ from lora_studio.gui.dataset_model import Column, DatasetModel
 from lora_studio.gui.estimate_panel import GpuInfo
 from lora_studio.gui.job_monitor import JobMonitor, MonitorState
 from lora_studio.gui.preset_form import PresetForm
+from lora_studio.gui.preset_library import PresetLibrary
 from lora_studio.gui.settings_dialog import SettingsDialog, SettingsService, SettingsValues
 from lora_studio.gui.thumbnail_loader import ThumbnailLoader
 
@@ -207,6 +209,7 @@ class MainWindow(QMainWindow):
         self.captions = CaptionController(controller, parent=self)
         self.caption_dialog: CaptionRunDialog | None = None
         self.settings_dialog: SettingsDialog | None = None
+        self.preset_library = PresetLibrary(self)
         preferences = app_settings.read_preferences(self.settings)
         if preferences.device != "auto":  # "auto" leaves a LORA_STUDIO_DEVICE of the shell
             app_settings.apply_device(preferences.device)
@@ -348,7 +351,14 @@ class MainWindow(QMainWindow):
         self.captions.proposals_resolved.connect(self.dataset_model.resolve_proposals)
         self.captions.message.connect(self.show_message)
         self.preset_form.config_edited.connect(c.set_config)
-        self.preset_form.preset_selected.connect(c.apply_preset)
+        self.preset_form.preset_selected.connect(self._on_preset_selected)
+        self.preset_form.save_preset_requested.connect(
+            lambda name: self.preset_library.save(name, self.controller.config)
+        )
+        self.preset_form.delete_preset_requested.connect(self.preset_library.delete)
+        self.preset_library.presets_changed.connect(self.preset_form.set_user_presets)
+        self.preset_library.saved.connect(self._on_preset_saved)
+        self.preset_library.message.connect(self.show_message)
         self.preset_form.base_model_edited.connect(c.set_base_model)
         self.preset_form.output_dir_edited.connect(c.set_output_dir)
         self.preset_form.train_requested.connect(self.train)
@@ -380,6 +390,7 @@ class MainWindow(QMainWindow):
     def start_session(self, dataset: str | Path | None = None) -> None:
         """Start the controller and open ``dataset``, the remembered one, or the sample."""
         self.controller.start()
+        self.preset_library.load()
         if dataset:
             self.controller.open_dataset(dataset)
             return
@@ -701,6 +712,22 @@ class MainWindow(QMainWindow):
     def _on_devices_detected(self, cuda_count: int, cpu_processes: int) -> None:
         self.preset_form.set_devices(cuda_count, cpu_processes)
         self.controller.set_processes(self.preset_form.processes)
+
+    def _on_preset_selected(self, key: str) -> None:
+        if not is_user_key(key):
+            self.controller.apply_preset(key)
+            return
+        preset = self.preset_library.presets.get(key.removeprefix(USER_PREFIX))
+        if preset is None:
+            self.show_message(ERROR, f"The preset {key.removeprefix(USER_PREFIX)!r} is gone.")
+            return
+        current = self.controller.config  # the user's own concept stays, as with built-ins
+        self.controller.set_config(
+            preset.replace(**{name: getattr(current, name) for name in PERSONAL_FIELDS})
+        )
+
+    def _on_preset_saved(self, name: str) -> None:
+        self.controller.set_config(self.controller.config.replace(preset=user_key(name)))
 
     def _on_gpu_detected(self, name: str, memory_gb: float) -> None:
         self.preset_form.estimate_panel.set_gpu(GpuInfo(name, memory_gb))

@@ -27,8 +27,10 @@ from PySide6.QtWidgets import (
     QFrame,
     QGridLayout,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QScrollArea,
     QSizePolicy,
@@ -47,8 +49,9 @@ from lora_studio.core.config import (
 )
 from lora_studio.core.errors import ConfigError
 from lora_studio.core.estimates import Estimate
+from lora_studio.core.user_presets import USER_PREFIX, is_user_key, user_key
 from lora_studio.gui import artwork
-from lora_studio.gui.advanced_settings import AdvancedSettings, changed_fields
+from lora_studio.gui.advanced_settings import AdvancedSettings, changed_fields, preset_defaults
 from lora_studio.gui.estimate_panel import (  # noqa: F401 - the form's helpers live there
     EstimatePanel,
     GpuInfo,
@@ -56,6 +59,7 @@ from lora_studio.gui.estimate_panel import (  # noqa: F401 - the form's helpers 
     cost_text,
     steps_formula,
 )
+from lora_studio.gui.preset_changes import PresetChangesView, preset_changes
 
 _INVALID_STYLE = f"border: 1px solid {artwork.ERROR.name()}; border-radius: 2px;"
 _PRECISION_LABELS = {
@@ -95,15 +99,20 @@ _PRESET_FIELDS = (
 MAIN_FIELDS = ("name", "trigger_word", *_PRESET_FIELDS)
 
 
-def preset_description(config: LoraConfig) -> str:
-    """The preset's description, plus which of its values were changed here."""
+def preset_description(config: LoraConfig, base: LoraConfig | None = None) -> str:
+    """The preset's description, plus which of its values were changed here (``base``: a
+    user preset's values)."""
     preset = PRESETS.get(config.preset)
-    if preset is None:
+    if preset is not None:
+        description = preset.description
+    elif base is not None and is_user_key(config.preset):
+        description = "Your preset."
+    else:
         return ""
-    changed = [field_label(name).lower() for name in changed_fields(config, _PRESET_FIELDS)]
+    changed = [field_label(name).lower() for name in changed_fields(config, _PRESET_FIELDS, base)]
     if not changed:
-        return preset.description
-    return f"{preset.description} Changed here: {', '.join(changed)}."
+        return description
+    return f"{description} Changed here: {', '.join(changed)}."
 
 
 def device_choices(cuda_count: int | None, cpu_processes: int = 1) -> list[tuple[str, int]]:
@@ -148,6 +157,8 @@ class PresetForm(QWidget):
     save_config_requested = Signal()
     load_config_requested = Signal()
     processes_edited = Signal(int)
+    save_preset_requested = Signal(str)
+    delete_preset_requested = Signal(str)
 
     def __init__(self, config: LoraConfig, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -199,6 +210,22 @@ class PresetForm(QWidget):
             "Load a preset's settings (your output name and trigger word are kept)"
         )
         self.preset_box.activated.connect(self._on_preset_activated)
+        self.user_presets: dict[str, LoraConfig] = {}
+        self.save_preset_button = QPushButton("Save as preset\u2026")
+        self.save_preset_button.setToolTip(
+            "Keep these settings as a preset of your own (your output name and trigger word "
+            "are not part of it)"
+        )
+        self.save_preset_button.clicked.connect(self._ask_preset_name)
+        self.delete_preset_button = QPushButton("Delete preset")
+        self.delete_preset_button.setToolTip("Delete this preset of yours (built-in ones stay)")
+        self.delete_preset_button.clicked.connect(self._confirm_delete_preset)
+        self.changes_button = QPushButton("What changed?")
+        self.changes_button.setToolTip(
+            "Every setting that differs from the preset: its value and yours, with a reset"
+        )
+        self.changes_button.clicked.connect(self.show_changes)
+        self.changes_view: PresetChangesView | None = None
         self.preset_description = QLabel()
         self.preset_description.setWordWrap(True)
         self.preset_description.setStyleSheet(f"color: {artwork.MUTED.name()};")
@@ -272,6 +299,13 @@ class PresetForm(QWidget):
         grid.addWidget(_caption("Preset", self.preset_box), 4, 0)
         grid.addWidget(self.preset_box, 4, 1)
         grid.addWidget(self.preset_description, 4, 2, 1, 2)
+        preset_buttons = QHBoxLayout()
+        preset_buttons.setSpacing(6)
+        preset_buttons.addWidget(self.save_preset_button)
+        preset_buttons.addWidget(self.delete_preset_button)
+        preset_buttons.addWidget(self.changes_button)
+        preset_buttons.addStretch(1)
+        grid.addLayout(preset_buttons, 5, 1, 1, 3)
         rows: list[tuple[str, str]] = [
             ("name", "trigger_word"),
             ("rank", "alpha"),
@@ -280,12 +314,12 @@ class PresetForm(QWidget):
             ("learning_rate", "batch_size"),
             ("gradient_accumulation_steps", "mixed_precision"),
         ]
-        for r, (left, right) in enumerate(rows, start=5):
+        for r, (left, right) in enumerate(rows, start=6):
             grid.addWidget(self._labels[left], r, 0)
             grid.addWidget(self._fields[left], r, 1)
             grid.addWidget(self._labels[right], r, 2)
             grid.addWidget(self._fields[right], r, 3)
-        last = 5 + len(rows)
+        last = 6 + len(rows)
         grid.addWidget(self.gpu_label, last, 0)
         grid.addWidget(self.gpu_box, last, 1)
         grid.addWidget(self.text_encoder_check, last, 2, 1, 2)
@@ -421,11 +455,13 @@ class PresetForm(QWidget):
                 self.precision_box.setCurrentIndex(index)
             if self.text_encoder_check.isChecked() != config.train_text_encoder:
                 self.text_encoder_check.setChecked(config.train_text_encoder)
-            self.advanced.show_config(config)
+            base = self.preset_base()
+            self.advanced.show_config(config, base)
             preset_index = self.preset_box.findData(config.preset)
             if preset_index >= 0:
                 self.preset_box.setCurrentIndex(preset_index)
-                self.preset_description.setText(preset_description(config))
+            self.preset_description.setText(preset_description(config, base))
+            self._show_preset_state()
         finally:
             self._loading = False
         self._validate()
@@ -601,6 +637,81 @@ class PresetForm(QWidget):
         if processes:
             self._wanted_processes = int(processes)
             self.processes_edited.emit(int(processes))
+
+    # ---- presets ---------------------------------------------------------------------------
+
+    def preset_base(self) -> LoraConfig:
+        """The values of the current config's preset (built-in or the user's own)."""
+        return preset_defaults(self._config, self.user_presets)
+
+    def preset_label(self) -> str:
+        index = self.preset_box.findData(self._config.preset)
+        return self.preset_box.itemText(index) if index >= 0 else "the defaults"
+
+    def set_user_presets(self, presets: dict[str, LoraConfig]) -> None:
+        """Offer the user's saved presets after the built-in ones."""
+        self.user_presets = dict(presets)
+        self._loading = True
+        try:
+            self.preset_box.clear()
+            for key, preset in PRESETS.items():
+                self.preset_box.addItem(preset.label, key)
+            if presets:
+                self.preset_box.insertSeparator(self.preset_box.count())
+            for name in presets:
+                self.preset_box.addItem(name, user_key(name))
+        finally:
+            self._loading = False
+        self.set_config(self._config)
+
+    def save_preset_as(self, name: str) -> None:
+        """Ask for the current settings to be saved as the preset ``name``."""
+        if name.strip():
+            self.save_preset_requested.emit(name.strip())
+
+    def delete_preset(self) -> None:
+        """Ask for the current user preset to be deleted."""
+        if is_user_key(self._config.preset):
+            self.delete_preset_requested.emit(self._config.preset.removeprefix(USER_PREFIX))
+
+    def show_changes(self) -> PresetChangesView:
+        """Open the "what changed from the preset" list."""
+        if self.changes_view is None:
+            self.changes_view = PresetChangesView(self)
+            self.changes_view.reset_requested.connect(self.apply_changes)
+        self.changes_view.set_config(self._config, self.preset_base(), self.preset_label())
+        self.changes_view.show()
+        self.changes_view.raise_()
+        return self.changes_view
+
+    def _show_preset_state(self) -> None:
+        changed = preset_changes(self._config, self.preset_base())
+        self.changes_button.setText(
+            f"What changed? ({len(changed)})" if changed else "What changed?"
+        )
+        self.changes_button.setEnabled(bool(changed) or self.changes_view is not None)
+        self.delete_preset_button.setEnabled(is_user_key(self._config.preset))
+        if self.changes_view is not None and self.changes_view.isVisible():
+            self.changes_view.set_config(self._config, self.preset_base(), self.preset_label())
+
+    def _ask_preset_name(self) -> None:
+        current = self._config.preset
+        suggestion = current.removeprefix(USER_PREFIX) if is_user_key(current) else ""
+        name, ok = QInputDialog.getText(
+            self, "Save as preset", "Name of the preset:", text=suggestion
+        )
+        if ok:
+            self.save_preset_as(name)
+
+    def _confirm_delete_preset(self) -> None:
+        name = self._config.preset.removeprefix(USER_PREFIX)
+        answer = QMessageBox.question(
+            self,
+            "Delete preset",
+            f"Delete your preset {name!r}? Your current settings stay as they are.",
+        )
+        if answer == QMessageBox.StandardButton.Yes:
+            self.delete_preset()
 
     def _on_preset_activated(self, index: int) -> None:
         key = self.preset_box.itemData(index)
