@@ -28,6 +28,7 @@ open leaves the current dataset open, a caption that fails to save stays in the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -188,9 +189,13 @@ def describe_base_model(ref: BaseModelRef) -> str:
     return f"{family} \u00b7 from the Hugging Face cache"
 
 
-def _open_with_stats(folder: Path) -> tuple[Dataset, DatasetStats]:
+def _open_with_stats(folder: Path) -> tuple[Dataset, DatasetStats, dict[Path, int]]:
     dataset = Dataset.from_directory(folder)
-    return dataset, dataset.stats()
+    sizes: dict[Path, int] = {}
+    for item in dataset.images:  # for the browser's sort by file size
+        with contextlib.suppress(OSError):  # deleted since indexing: no size
+            sizes[item.path] = item.path.stat().st_size
+    return dataset, dataset.stats(), sizes
 
 
 def validation_min_side(config: LoraConfig) -> int:
@@ -240,6 +245,8 @@ class StudioController(QObject):
         dataset_loading(str): a folder is being opened.
         dataset_loaded(Dataset): a dataset is open.
         dataset_failed(str): a folder could not be opened (the old dataset stays open).
+        file_sizes_read(dict[Path, int]): the open dataset's file sizes in bytes (sent
+            right after ``dataset_loaded``; read on the indexing thread).
         validation_progress(int, int): the open dataset's images checked so far, of all.
         dataset_validated(ValidationReport): every problem of the open dataset's files.
         images_checked(dict[Path, str]): unreadable images of the open dataset, and why
@@ -277,6 +284,7 @@ class StudioController(QObject):
     dataset_loading = Signal(str)
     dataset_loaded = Signal(object)
     dataset_failed = Signal(str)
+    file_sizes_read = Signal(object)
     validation_progress = Signal(int, int)
     dataset_validated = Signal(object)
     images_checked = Signal(object)
@@ -471,7 +479,7 @@ class StudioController(QObject):
         self.dataset_loading.emit(str(folder))
         try:
             # Statistics stat() every image: for a big folder that belongs off-thread too.
-            dataset, stats = await asyncio.to_thread(_open_with_stats, folder)
+            dataset, stats, sizes = await asyncio.to_thread(_open_with_stats, folder)
         except (DatasetError, OSError) as exc:
             if generation != self._dataset_generation:
                 return
@@ -496,6 +504,7 @@ class StudioController(QObject):
         self.placements = {}
         self.validation = None
         self.dataset_loaded.emit(dataset)
+        self.file_sizes_read.emit(sizes)
         self._say(
             INFO,
             f"Opened {dataset.root}: {stats.total_images} images, "

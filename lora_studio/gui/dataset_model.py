@@ -153,6 +153,9 @@ class DatasetModel(QAbstractTableModel):
         self._validation_progress: tuple[int, int] | None = None
         self._proposals: dict[Path, Proposal] = {}
         self._provenance: dict[Path, Provenance] = {}
+        # Each item's worst problem, worked out when first asked (problems() asks for all
+        # 10,000 on every count update); a row's entry goes when the row changes.
+        self._worst_cache: dict[Path, Issue | None] = {}
         self._thumbnails = thumbnails
         if thumbnails is not None:
             thumbnails.thumbnail_ready.connect(self._on_thumbnail_ready)
@@ -187,6 +190,7 @@ class DatasetModel(QAbstractTableModel):
         # Reopening a folder is how a user refreshes it: thumbnails come back from the
         # disk cache, which notices changed files (keyed by mtime and size).
         self._icons.clear()
+        self._worst_cache.clear()
         self.endResetModel()
         self.counts_changed.emit()
         if had_proposals:
@@ -395,6 +399,7 @@ class DatasetModel(QAbstractTableModel):
     def refresh(self, paths: list[Path] | None = None) -> None:
         """Items changed outside the model (problems found, captions reloaded)."""
         if paths is None:
+            self._worst_cache.clear()
             if self._items:
                 self.dataChanged.emit(
                     self.index(0, 0), self.index(len(self._items) - 1, len(Column) - 1)
@@ -514,9 +519,16 @@ class DatasetModel(QAbstractTableModel):
 
     def _worst(self, item: ImageItem) -> Issue | None:
         """The worst error or warning of ``item`` (info entries are not problems)."""
+        try:
+            return self._worst_cache[item.path]
+        except KeyError:
+            pass
+        worst = None
         for issue in self._issues(item):
-            return issue if issue.severity is not Severity.INFO else None
-        return None
+            worst = issue if issue.severity is not Severity.INFO else None
+            break
+        self._worst_cache[item.path] = worst
+        return worst
 
     def _unreadable(self, item: ImageItem) -> bool:
         report = self._reports.get(item.path)
@@ -660,6 +672,7 @@ class DatasetModel(QAbstractTableModel):
         self.counts_changed.emit()
 
     def _row_changed(self, path: Path, column: int | None = None) -> None:
+        self._worst_cache.pop(path, None)
         row = self._rows.get(path)
         if row is None:
             return

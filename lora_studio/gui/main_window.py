@@ -64,13 +64,15 @@ from lora_studio.gui.backend_panel import KEY_BACKEND, BackendChoice, BackendPan
 from lora_studio.gui.caption_controller import CaptionController
 from lora_studio.gui.caption_dialog import CaptionRunDialog
 from lora_studio.gui.caption_grid import CaptionGrid
-from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController
+from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController, sample_copy_dir
 from lora_studio.gui.dataset_browser import DatasetBrowser
 from lora_studio.gui.dataset_model import Column, DatasetModel
 from lora_studio.gui.estimate_panel import GpuInfo
+from lora_studio.gui.frames_dialog import FramesDialog, is_frame_source
 from lora_studio.gui.job_monitor import JobMonitor, MonitorState
 from lora_studio.gui.preset_form import PresetForm
 from lora_studio.gui.preset_library import PresetLibrary
+from lora_studio.gui.recent_datasets import RecentMenu, remember_recent
 from lora_studio.gui.settings_dialog import SettingsDialog, SettingsService, SettingsValues
 from lora_studio.gui.thumbnail_loader import ThumbnailLoader
 
@@ -91,6 +93,16 @@ def dataset_folder_from_mime(mime: QMimeData) -> Path | None:
             return path
         if path.suffix.lower() in image_extensions():
             return path.parent
+    return None
+
+
+def frame_source_from_mime(mime: QMimeData) -> Path | None:
+    """A dropped video or edit timeline (frames can be extracted from it), if any."""
+    if not mime.hasUrls():
+        return None
+    for url in mime.urls():
+        if url.isLocalFile() and is_frame_source(Path(url.toLocalFile())):
+            return Path(url.toLocalFile())
     return None
 
 
@@ -205,6 +217,7 @@ class MainWindow(QMainWindow):
         self._show_backend_in_estimate(choice)
         controller.set_backend_choice(choice)
         self.cost_dialog: QMessageBox | None = None
+        self.frames_dialog: FramesDialog | None = None
         self.message_bar = MessageBar()
         self.captions = CaptionController(controller, parent=self)
         self.caption_dialog: CaptionRunDialog | None = None
@@ -275,8 +288,14 @@ class MainWindow(QMainWindow):
         self.quit_action = QAction("&Quit", self)
         self.quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         self.quit_action.triggered.connect(self.close)
+        self.recent_menu = RecentMenu(self.settings, self)
+        self.recent_menu.folder_chosen.connect(self.open_dataset)
+        self.frames_action = QAction("E&xtract frames from a video\u2026", self)
+        self.frames_action.triggered.connect(self.choose_video)
         file_menu.addAction(self.open_action)
+        file_menu.addMenu(self.recent_menu)
         file_menu.addAction(self.sample_action)
+        file_menu.addAction(self.frames_action)
         file_menu.addSeparator()
         file_menu.addAction(self.load_config_action)
         file_menu.addAction(self.save_config_action)
@@ -313,6 +332,7 @@ class MainWindow(QMainWindow):
         c.dataset_loading.connect(self.browser.set_loading)
         c.dataset_loaded.connect(self._on_dataset_loaded)
         c.dataset_failed.connect(self._on_dataset_failed)
+        c.file_sizes_read.connect(self.browser.proxy.set_file_sizes)
         c.validation_progress.connect(self.dataset_model.set_validation_progress)
         c.dataset_validated.connect(self.dataset_model.set_validation)
         c.caption_saved.connect(self.dataset_model.caption_saved)
@@ -382,7 +402,7 @@ class MainWindow(QMainWindow):
         self.browser.view.selectionModel().selectionChanged.connect(self._sync_from_browser)
         self.caption_grid.table.selectionModel().selectionChanged.connect(self._sync_from_grid)
         self.browser.view.doubleClicked.connect(
-            lambda index: self.caption_grid.edit_caption(index.row())
+            lambda index: self.caption_grid.edit_caption(self.browser.source_row(index))
         )
 
     # ---- session -------------------------------------------------------------------------
@@ -415,6 +435,33 @@ class MainWindow(QMainWindow):
         folder = QFileDialog.getExistingDirectory(self, "Open a folder of images", start)
         if folder:
             self.open_dataset(folder)
+
+    def choose_video(self) -> None:
+        """Pick a video or an edit timeline and open the frame-extraction dialog."""
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Extract frames from a video",
+            "",
+            "Videos and timelines (*.mp4 *.m4v *.mov *.mkv *.webm *.avi *.wmv *.mpg *.mpeg"
+            " *.ts *.mts *.m2ts *.otio *.edl *.xml *.fcpxml);;All files (*)",
+        )
+        if path:
+            self.open_frames_dialog(Path(path))
+
+    def open_frames_dialog(self, source: Path) -> FramesDialog:
+        """Offer to extract frames from ``source``; the frames open as the dataset."""
+        dialog = self.frames_dialog
+        if dialog is not None and dialog.worker.running:
+            dialog.raise_()
+            dialog.activateWindow()
+            return dialog
+        if dialog is not None:
+            dialog.deleteLater()
+        dialog = FramesDialog(source, self)
+        dialog.dataset_ready.connect(self.open_dataset)
+        self.frames_dialog = dialog
+        dialog.show()
+        return dialog
 
     def open_dataset(self, folder: str | Path) -> None:
         """Open ``folder`` as the dataset (after asking, if captions are unsaved)."""
@@ -544,7 +591,10 @@ class MainWindow(QMainWindow):
 
     def select_image(self, row: int) -> None:
         """Select the image in ``row`` in both the browser and the caption grid."""
-        index = self.dataset_model.index(row, Column.IMAGE)
+        index = self.browser.view_index(row)
+        if not index.isValid():  # hidden by the browser's filters: show every image
+            self.browser.clear_filters()
+            index = self.browser.view_index(row)
         self.browser.view.selectionModel().select(
             index, QItemSelectionModel.SelectionFlag.ClearAndSelect
         )
@@ -606,14 +656,18 @@ class MainWindow(QMainWindow):
 
     def _on_dataset_loaded(self, dataset: Dataset) -> None:
         self.dataset_model.set_dataset(dataset)
+        self.browser.loading_ended()
         self.preset_form.set_image_count(len(dataset))
         self._update_status_dataset()
         self.setWindowTitle(f"{dataset.root.name} \u2014 {APP_TITLE}")
         app_settings.remember(self.settings, app_settings.KEY_LAST_DATASET, str(dataset.root))
+        if dataset.root != sample_copy_dir():
+            remember_recent(self.settings, dataset.root)
         if self.message_bar.isVisible() and self.message_bar.level == ERROR:
             self.message_bar.hide()  # the error that came before is dealt with
 
     def _on_dataset_failed(self, message: str) -> None:
+        self.browser.loading_ended()
         self.browser.update_counts()
 
     def _on_config_changed(self, config: LoraConfig) -> None:
@@ -758,7 +812,10 @@ class MainWindow(QMainWindow):
     def _sync_from_browser(self, *_: object) -> None:
         if self._syncing_selection:
             return
-        rows = sorted({i.row() for i in self.browser.view.selectionModel().selectedIndexes()})
+        browser = self.browser
+        rows = sorted(
+            {browser.source_row(i) for i in browser.view.selectionModel().selectedIndexes()}
+        )
         grid = self.caption_grid
         selection = QItemSelection()
         for row in rows:
@@ -791,8 +848,9 @@ class MainWindow(QMainWindow):
         selection = QItemSelection()
         for row in rows:
             if row >= 0:
-                index = self.dataset_model.index(row, Column.IMAGE)
-                selection.select(index, index)
+                index = self.browser.view_index(row)
+                if index.isValid():  # not hidden by the browser's filters
+                    selection.select(index, index)
         self._syncing_selection = True
         try:
             view = self.browser.view
@@ -828,11 +886,16 @@ class MainWindow(QMainWindow):
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802
         self._show_drop_hint(False)
         folder = dataset_folder_from_mime(event.mimeData())
+        video = frame_source_from_mime(event.mimeData()) if folder is None else None
+        if video is not None:
+            event.acceptProposedAction()
+            self.open_frames_dialog(video)
+            return
         if folder is None:
             self.show_message(
                 WARNING,
-                "Drop a folder of images (or image files: their folder is opened) to use it "
-                "as the dataset.",
+                "Drop a folder of images (or image files: their folder is opened, or a video "
+                "or .otio timeline: its frames are extracted) to use it as the dataset.",
             )
             event.ignore()
             return

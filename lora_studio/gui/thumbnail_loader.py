@@ -12,7 +12,11 @@ CMYK through its profile), so a thumbnail shows what the LoRA learns from.
 
 Results cross to the GUI thread as ``QImage`` through a queued signal; only the GUI
 thread turns them into ``QPixmap``/``QIcon``. Newer requests run first, so the rows the
-user is looking at now win over rows scrolled past.
+user is looking at now win over rows scrolled past; and only the newest
+:data:`MAX_WAITING` requests that have not started are kept: older ones are given up when
+their turn comes (a job checks, as it starts, that it is still wanted), so scrolling
+quickly through 10,000 images does not leave thousands of decodes queued behind the page
+the user stopped at. A row given up is asked for again when it is painted again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import hashlib
 import io
 import logging
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +43,8 @@ THUMBNAIL_SIZE = 128
 # Bump when the way thumbnails are made changes, so old cache files are not reused.
 # 2: converted as training converts (16-bit greyscale was clipped white, alpha kept).
 _CACHE_REVISION = 2
+#: Requests waiting to start that are kept; older ones are given up (see the docstring).
+MAX_WAITING = 512
 
 
 class ThumbnailError(Exception):
@@ -129,9 +137,65 @@ class _Relay(QObject):
     failed = Signal(object, str)
 
 
+class _Queue:
+    """Which requests are still wanted (shared by the GUI thread and the pool's threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.waiting: OrderedDict[Path, int] = OrderedDict()  # path -> token of its job
+        self.running: set[Path] = set()
+        self.token = 0
+        self.given_up = 0
+
+    def add(self, path: Path) -> int | None:
+        """A token for a new job for ``path``, or ``None`` if one is waiting or running."""
+        with self.lock:
+            if path in self.running:
+                return None
+            if path in self.waiting:
+                self.waiting.move_to_end(path)
+                return None
+            self.token += 1
+            self.waiting[path] = self.token
+            while len(self.waiting) > self.limit:
+                self.waiting.popitem(last=False)
+                self.given_up += 1
+            return self.token
+
+    def claim(self, path: Path, token: int) -> bool:
+        """The job (``path``, ``token``) starts: ``False`` if it was given up."""
+        with self.lock:
+            if self.waiting.get(path) != token:
+                return False
+            del self.waiting[path]
+            self.running.add(path)
+            return True
+
+    def finished(self, path: Path) -> None:
+        with self.lock:
+            self.running.discard(path)
+
+    def __contains__(self, path: Path) -> bool:
+        with self.lock:
+            return path in self.waiting or path in self.running
+
+    def clear(self) -> None:
+        with self.lock:
+            self.waiting.clear()
+            self.running.clear()
+
+
 class _ThumbnailJob(QRunnable):
     def __init__(
-        self, path: Path, size: int, cache_dir: Path | None, relay: _Relay, background: Color
+        self,
+        path: Path,
+        size: int,
+        cache_dir: Path | None,
+        relay: _Relay,
+        background: Color,
+        queue: _Queue,
+        token: int,
     ) -> None:
         super().__init__()
         self.path = path
@@ -139,8 +203,12 @@ class _ThumbnailJob(QRunnable):
         self.cache_dir = cache_dir
         self.relay = relay
         self.background = background
+        self.queue = queue
+        self.token = token
 
     def run(self) -> None:
+        if not self.queue.claim(self.path, self.token):
+            return  # given up: the row scrolled out of sight long ago
         try:
             image = make_thumbnail(self.path, self.size, self.cache_dir, self.background)
         except ThumbnailError as exc:
@@ -182,42 +250,49 @@ class ThumbnailLoader(QObject):
         self._relay = _Relay(self)
         self._relay.done.connect(self._on_done)
         self._relay.failed.connect(self._on_failed)
-        self._pending: set[Path] = set()
+        self._queue = _Queue(MAX_WAITING)
         self._priority = 0
         self._closed = False
 
     def request(self, path: Path) -> None:
         """Ask for ``path``'s thumbnail; a request already under way is not repeated."""
-        if self._closed or path in self._pending:
+        if self._closed:
             return
-        self._pending.add(path)
+        token = self._queue.add(path)
+        if token is None:
+            return
         # Rising priority: the pool starts the most recent request first.
         self._priority = (self._priority + 1) % 2_000_000_000
-        self._pool.start(
-            _ThumbnailJob(path, self.size, self.cache_dir, self._relay, self.background),
-            self._priority,
+        job = _ThumbnailJob(
+            path, self.size, self.cache_dir, self._relay, self.background, self._queue, token
         )
+        self._pool.start(job, self._priority)
 
     def is_pending(self, path: Path) -> bool:
-        return path in self._pending
+        return path in self._queue
+
+    @property
+    def given_up(self) -> int:
+        """Requests given up so far because newer ones came (see the module docstring)."""
+        return self._queue.given_up
 
     def cancel_pending(self) -> None:
         """Drop requests that have not started (e.g. when another dataset is opened)."""
         self._pool.clear()
-        self._pending.clear()
+        self._queue.clear()
 
     def shutdown(self, timeout_ms: int = 10_000) -> bool:
         """Stop taking requests and wait for running decodes; ``True`` if all ended."""
         self._closed = True
         self._pool.clear()
         finished = self._pool.waitForDone(timeout_ms)
-        self._pending.clear()
+        self._queue.clear()
         return bool(finished)
 
     def _on_done(self, path: Path, image: QImage) -> None:
-        self._pending.discard(path)
+        self._queue.finished(path)
         self.thumbnail_ready.emit(path, image)
 
     def _on_failed(self, path: Path, reason: str) -> None:
-        self._pending.discard(path)
+        self._queue.finished(path)
         self.thumbnail_failed.emit(path, reason)
