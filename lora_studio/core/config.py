@@ -144,8 +144,9 @@ class LoraConfig:
     rank: int = field(
         default=16,
         metadata=_meta(
-            "LoRA rank (network dim): size of the low-rank update. 4-8 small and fast, "
-            "16-32 balanced, 64+ for detail.",
+            "LoRA rank (network dim): size of the low-rank update. Quality: higher learns "
+            "more detail (and overfits sooner); 4-8 for a simple style, 16-32 balanced, 64+ "
+            "for detail. Speed: little effect. VRAM and file size grow with it.",
             minimum=1,
             maximum=1024,
             label="Rank",
@@ -154,7 +155,9 @@ class LoraConfig:
     alpha: float = field(
         default=16.0,
         metadata=_meta(
-            "LoRA alpha: the update is scaled by alpha / rank. Usually equal to the rank.",
+            "LoRA alpha: the update is scaled by alpha / rank, so a lower alpha acts like a "
+            "lower learning rate. Usually equal to the rank (or half of it). No effect on "
+            "speed or VRAM.",
             minimum=0.0,
             maximum=4096,
             label="Alpha",
@@ -163,7 +166,9 @@ class LoraConfig:
     resolution: int = field(
         default=512,
         metadata=_meta(
-            "Training resolution: images are resized and centre-cropped to this square.",
+            "Training resolution: images are resized to about this many pixels squared "
+            "(the model's native size is best: 512 for SD 1.5, 1024 for SDXL, SD 3.5 and "
+            "Flux). Lower is faster and needs much less VRAM but loses fine detail.",
             minimum=64,
             maximum=2048,
             unit="px",
@@ -173,7 +178,9 @@ class LoraConfig:
     epochs: int = field(
         default=15,
         metadata=_meta(
-            "Passes over the dataset (each image counted repeats times).",
+            "Passes over the dataset (each image counted repeats times). More epochs learn "
+            "the concept more strongly (too many overfit: samples copy the training images); "
+            "time grows with them, VRAM does not.",
             minimum=1,
             maximum=10000,
             label="Epochs",
@@ -182,7 +189,8 @@ class LoraConfig:
     max_steps: int | None = field(
         default=None,
         metadata=_meta(
-            "Stop after this many optimizer steps; overrides epochs when set.",
+            "Stop after this many optimizer steps; overrides epochs when set. A fixed "
+            "budget: time is proportional to it, VRAM does not change.",
             minimum=1,
             maximum=1_000_000,
             label="Max steps",
@@ -191,7 +199,9 @@ class LoraConfig:
     repeats: int = field(
         default=1,
         metadata=_meta(
-            "How often each image is seen per epoch (kohya 'N_' folders override it).",
+            "How often each image is seen per epoch (kohya 'N_' folders override it). Like "
+            "more epochs: more steps and time, no extra VRAM; useful to balance small "
+            "datasets.",
             minimum=1,
             maximum=1000,
             label="Repeats",
@@ -200,7 +210,9 @@ class LoraConfig:
     learning_rate: float = field(
         default=1e-4,
         metadata=_meta(
-            "Learning rate of the UNet/transformer LoRA.",
+            "Learning rate of the UNet/transformer LoRA: how big each update is. Too high "
+            "burns in artefacts and overfits fast, too low learns little in the steps "
+            "given (1e-4 is a safe start; Prodigy wants 1.0). No effect on speed or VRAM.",
             minimum=1e-7,
             maximum=1.0,
             label="Learning rate",
@@ -209,7 +221,8 @@ class LoraConfig:
     text_encoder_lr: float | None = field(
         default=None,
         metadata=_meta(
-            "Learning rate of the text-encoder LoRA (defaults to half the learning rate).",
+            "Learning rate of the text-encoder LoRA (defaults to half the learning rate). "
+            "Keep it lower than the UNet's: the text encoder overfits quickly.",
             minimum=1e-7,
             maximum=1.0,
             label="Text encoder LR",
@@ -217,12 +230,17 @@ class LoraConfig:
     )
     lr_scheduler: LrScheduler = field(
         default=LrScheduler.CONSTANT,
-        metadata=_meta("How the learning rate changes over the run.", label="LR schedule"),
+        metadata=_meta(
+            "How the learning rate changes over the run. Cosine and linear decay usually "
+            "give cleaner results than constant; no effect on speed or VRAM.",
+            label="LR schedule",
+        ),
     )
     lr_warmup_steps: int = field(
         default=0,
         metadata=_meta(
-            "Steps over which the learning rate ramps up from zero.",
+            "Steps over which the learning rate ramps up from zero: steadier first steps "
+            "(helps high learning rates). No effect on speed or VRAM.",
             minimum=0,
             maximum=100_000,
             label="Warmup steps",
@@ -231,7 +249,9 @@ class LoraConfig:
     batch_size: int = field(
         default=1,
         metadata=_meta(
-            "Images per forward pass. Higher needs more VRAM.",
+            "Images per forward pass. Higher gives smoother gradients and uses the GPU "
+            "better (faster per image) but needs much more VRAM, roughly in proportion; "
+            "raise the learning rate a little with it.",
             minimum=1,
             maximum=64,
             label="Batch size",
@@ -240,7 +260,8 @@ class LoraConfig:
     gradient_accumulation_steps: int = field(
         default=1,
         metadata=_meta(
-            "Batches summed before each optimizer step (effective batch = batch x this).",
+            "Batches summed before each optimizer step (effective batch = batch x this): "
+            "the quality of a bigger batch without its VRAM, at the cost of time per step.",
             minimum=1,
             maximum=256,
             label="Grad. accumulation",
@@ -249,22 +270,27 @@ class LoraConfig:
     mixed_precision: MixedPrecision = field(
         default=MixedPrecision.FP16,
         metadata=_meta(
-            "Precision of the frozen model during training. bf16 needs an Ampere or newer "
-            "GPU; on a CPU training runs in fp32.",
+            "Precision of the frozen model during training. fp16/bf16 halve the model's "
+            "VRAM and are about twice as fast as fp32 with no visible quality loss; bf16 "
+            "is more stable but needs an Ampere or newer GPU. On a CPU training runs in fp32 "
+            "(slower).",
             label="Mixed precision",
         ),
     )
     train_text_encoder: bool = field(
         default=False,
         metadata=_meta(
-            "Also train a LoRA on the text encoder (better prompt binding, more VRAM).",
+            "Also train a LoRA on the text encoder: the trigger word and prompts bind "
+            "better (faces, characters), at the risk of overfitting; ~10% slower and the "
+            "text encoders stay in VRAM.",
             label="Train text encoder",
         ),
     )
     seed: int = field(
         default=42,
         metadata=_meta(
-            "Random seed: the same seed, data and settings give the same LoRA.",
+            "Random seed: the same seed, data and settings give the same LoRA. Try "
+            "another when a run came out oddly; no effect on speed or VRAM.",
             minimum=0,
             maximum=2**32 - 1,
             label="Seed",
@@ -277,7 +303,8 @@ class LoraConfig:
         default="",
         metadata=_meta(
             "Comma-separated module names that get LoRA layers; empty means the model "
-            "family's default (the attention projections).",
+            "family's default (the attention projections). More modules learn more (and "
+            "need more VRAM and a larger file).",
             label="Target modules",
             group="network",
         ),
@@ -295,7 +322,8 @@ class LoraConfig:
         default=0,
         metadata=_meta(
             "LoCon: also put LoRA layers of this rank on the UNet's convolutions (0 = off; "
-            "UNet families only).",
+            "UNet families only). Learns textures and styles better; more VRAM, a larger "
+            "file, a little slower.",
             minimum=0,
             maximum=512,
             label="Conv rank",
@@ -320,7 +348,7 @@ class LoraConfig:
         metadata=_meta(
             "Aspect-ratio bucketing: train each image at the bucket (sides multiples of 64, "
             "about resolution x resolution pixels) closest to its shape instead of a "
-            "centre-cropped square.",
+            "centre-cropped square. Better compositions (nothing cropped off); same VRAM.",
             label="Aspect-ratio buckets",
             group="data",
         ),
@@ -328,7 +356,7 @@ class LoraConfig:
     min_bucket_side: int = field(
         default=256,
         metadata=_meta(
-            "Smallest bucket side.",
+            "Smallest bucket side: narrower images are cropped to it.",
             minimum=64,
             maximum=4096,
             unit="px",
@@ -339,7 +367,7 @@ class LoraConfig:
     max_bucket_side: int = field(
         default=2048,
         metadata=_meta(
-            "Largest bucket side.",
+            "Largest bucket side: longer images are cropped to it.",
             minimum=64,
             maximum=8192,
             unit="px",
@@ -360,7 +388,8 @@ class LoraConfig:
         default=0.0,
         metadata=_meta(
             "Chance that an image is trained with an empty caption (helps the LoRA work "
-            "without its trigger). Turns the text-embedding cache off.",
+            "without its trigger). Turns the text-embedding cache off: slower steps and "
+            "the text encoders stay in VRAM.",
             minimum=0.0,
             maximum=1.0,
             label="Caption dropout",
@@ -371,7 +400,8 @@ class LoraConfig:
         default=False,
         metadata=_meta(
             "Shuffle the comma-separated tags of each caption every time it is used "
-            "(after the kept tokens). Turns the text-embedding cache off.",
+            "(after the kept tokens): less dependence on tag order. Turns the "
+            "text-embedding cache off: slower steps and the text encoders stay in VRAM.",
             label="Shuffle tags",
             group="data",
         ),
@@ -390,7 +420,7 @@ class LoraConfig:
         default=True,
         metadata=_meta(
             "Keep VAE latents and text embeddings in the cache folder, so the next run on the "
-            "same images and model starts training at once.",
+            "same images and model starts training at once (disk space; no VRAM).",
             label="Cache to disk",
             group="data",
         ),
@@ -401,8 +431,10 @@ class LoraConfig:
     optimizer: Optimizer = field(
         default=Optimizer.ADAMW,
         metadata=_meta(
-            "AdamW; AdamW 8-bit (bitsandbytes, CUDA only, less memory); Prodigy (finds its "
-            "own learning rate: use learning rate 1.0); Adafactor (least memory).",
+            "AdamW: the reliable default. AdamW 8-bit (bitsandbytes, CUDA only): same "
+            "quality, a quarter of the optimizer's VRAM. Prodigy: finds its own learning "
+            "rate (set learning rate 1.0), most VRAM. Adafactor: least VRAM. Step speed "
+            "is about the same for all.",
             label="Optimizer",
             group="optimizer",
         ),
@@ -410,7 +442,8 @@ class LoraConfig:
     weight_decay: float = field(
         default=0.01,
         metadata=_meta(
-            "Weight decay of the optimizer.",
+            "Weight decay of the optimizer: pulls weights towards zero, a mild guard "
+            "against overfitting. No effect on speed or VRAM.",
             minimum=0.0,
             maximum=1.0,
             label="Weight decay",
@@ -420,7 +453,8 @@ class LoraConfig:
     max_grad_norm: float = field(
         default=1.0,
         metadata=_meta(
-            "Clip the gradient norm to this value (0 = no clipping).",
+            "Clip the gradient norm to this value (0 = no clipping): keeps a bad batch "
+            "from wrecking the run. No effect on speed or VRAM.",
             minimum=0.0,
             maximum=1000.0,
             label="Max grad norm",
@@ -454,7 +488,8 @@ class LoraConfig:
         default=0.0,
         metadata=_meta(
             "Add this much per-channel offset noise (0.05-0.1 lets the model learn very "
-            "dark and very bright images).",
+            "dark and very bright images; too much washes colours out). Free: no speed or "
+            "VRAM cost.",
             minimum=0.0,
             maximum=1.0,
             label="Noise offset",
@@ -464,7 +499,8 @@ class LoraConfig:
     min_snr_gamma: float = field(
         default=0.0,
         metadata=_meta(
-            "Min-SNR loss weighting gamma (5 is the paper's value; 0 = off). SD 1.5 and SDXL only.",
+            "Min-SNR loss weighting gamma (5 is the paper's value; 0 = off): converges "
+            "faster and steadier. SD 1.5 and SDXL only; free in speed and VRAM.",
             minimum=0.0,
             maximum=100.0,
             label="Min-SNR gamma",
@@ -515,7 +551,8 @@ class LoraConfig:
     gradient_checkpointing: bool = field(
         default=False,
         metadata=_meta(
-            "Recompute activations in the backward pass: much less VRAM, ~25% slower.",
+            "Recompute activations in the backward pass: much less VRAM (often the "
+            "difference between fitting or not), ~25% slower steps, same quality.",
             label="Gradient checkpointing",
             group="performance",
         ),
@@ -523,7 +560,8 @@ class LoraConfig:
     torch_compile: bool = field(
         default=False,
         metadata=_meta(
-            "Compile the model with torch.compile (faster steps after a slow first one).",
+            "Compile the model with torch.compile: 10-30% faster steps after a slow first "
+            "one (minutes); same quality and VRAM. Worth it for long runs.",
             label="torch.compile",
             group="performance",
         ),
@@ -544,7 +582,7 @@ class LoraConfig:
         default=0,
         metadata=_meta(
             "Draw the sample prompts every N steps and at the end (0 = only at the end, if "
-            "there are prompts).",
+            "there are prompts). Each round pauses training for a few seconds.",
             minimum=0,
             maximum=1_000_000,
             label="Sample every N steps",
@@ -554,7 +592,7 @@ class LoraConfig:
     sample_inference_steps: int = field(
         default=20,
         metadata=_meta(
-            "Denoising steps per sample image.",
+            "Denoising steps per sample image: more look better and take longer.",
             minimum=1,
             maximum=200,
             label="Sample steps",
@@ -564,7 +602,8 @@ class LoraConfig:
     save_every_n_steps: int = field(
         default=0,
         metadata=_meta(
-            "Save a resumable checkpoint every N steps (0 = off).",
+            "Save a resumable checkpoint every N steps (0 = off). Each takes disk space "
+            "and a moment of training time.",
             minimum=0,
             maximum=1_000_000,
             label="Checkpoint every N steps",

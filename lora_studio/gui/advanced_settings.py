@@ -432,6 +432,16 @@ def is_wide(editor: FieldEditor) -> bool:
     return isinstance(editor, _Prompts) or (isinstance(editor, _Line) and not editor.numeric)
 
 
+def field_error_label(name: str) -> QLabel:
+    """The (hidden) label that shows why field ``name``'s value is refused."""
+    label = QLabel()
+    label.setObjectName(f"error_{name}")
+    label.setWordWrap(True)
+    label.setStyleSheet(f"color: {artwork.ERROR.name()};")
+    label.hide()
+    return label
+
+
 # ---- collapsible sections ------------------------------------------------------------------
 
 
@@ -524,6 +534,8 @@ class AdvancedSettings(QWidget):
         self.editors: dict[str, FieldEditor] = {}
         self.labels: dict[str, QLabel] = {}
         self.section_of: dict[str, str] = {}
+        #: beside each field (below a full-width one): why its value is refused
+        self.error_labels: dict[str, QLabel] = {}
         self.disclosures: dict[str, Disclosure] = {}
         grids: list[QGridLayout] = []
 
@@ -537,7 +549,9 @@ class AdvancedSettings(QWidget):
             grid.setContentsMargins(18, 2, 0, 8)
             grid.setHorizontalSpacing(8)
             grid.setVerticalSpacing(6)
-            for row, name in enumerate(section.fields):
+            row = -1
+            for name in section.fields:
+                row += 1
                 editor = make_editor(name, on_edit)
                 self.editors[name] = editor
                 self.section_of[name] = section.key
@@ -550,11 +564,16 @@ class AdvancedSettings(QWidget):
                 label.setBuddy(editor.widget)
                 self.labels[name] = label
                 grid.addWidget(label, row, 0)
+                error = field_error_label(name)
+                self.error_labels[name] = error
                 if is_wide(editor):
                     grid.addWidget(editor.widget, row, 1, 1, 2)
+                    row += 1
+                    grid.addWidget(error, row, 1, 1, 2)
                 else:
                     editor.widget.setMaximumWidth(FIELD_WIDTH)
                     grid.addWidget(editor.widget, row, 1)
+                    grid.addWidget(error, row, 2)
             grid.setColumnStretch(1, 1)
             grid.setColumnStretch(2, 1)
             grids.append(grid)

@@ -51,7 +51,12 @@ from lora_studio.core.errors import ConfigError
 from lora_studio.core.estimates import Estimate
 from lora_studio.core.user_presets import USER_PREFIX, is_user_key, user_key
 from lora_studio.gui import artwork
-from lora_studio.gui.advanced_settings import AdvancedSettings, changed_fields, preset_defaults
+from lora_studio.gui.advanced_settings import (
+    AdvancedSettings,
+    changed_fields,
+    field_error_label,
+    preset_defaults,
+)
 from lora_studio.gui.estimate_panel import (  # noqa: F401 - the form's helpers live there
     EstimatePanel,
     GpuInfo,
@@ -172,6 +177,7 @@ class PresetForm(QWidget):
         self._estimate: Estimate | None = None
         self._fields: dict[str, QWidget] = {}
         self._labels: dict[str, QLabel] = {}
+        self._error_labels: dict[str, QLabel] = {}
 
         # ---- base model and output ----
         self.base_model_edit = QLineEdit()
@@ -270,6 +276,7 @@ class PresetForm(QWidget):
         for name, editor in self.advanced.editors.items():
             self._fields[name] = editor.widget
         self._labels.update(self.advanced.labels)
+        self._error_labels.update(self.advanced.error_labels)
 
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
@@ -315,10 +322,10 @@ class PresetForm(QWidget):
             ("gradient_accumulation_steps", "mixed_precision"),
         ]
         for r, (left, right) in enumerate(rows, start=6):
-            grid.addWidget(self._labels[left], r, 0)
-            grid.addWidget(self._fields[left], r, 1)
-            grid.addWidget(self._labels[right], r, 2)
-            grid.addWidget(self._fields[right], r, 3)
+            grid.addWidget(self._labels[left], r, 0, Qt.AlignmentFlag.AlignTop)
+            grid.addWidget(self._field_box(left), r, 1)
+            grid.addWidget(self._labels[right], r, 2, Qt.AlignmentFlag.AlignTop)
+            grid.addWidget(self._field_box(right), r, 3)
         last = 6 + len(rows)
         grid.addWidget(self.gpu_label, last, 0)
         grid.addWidget(self.gpu_box, last, 1)
@@ -396,6 +403,19 @@ class PresetForm(QWidget):
         label.setBuddy(widget)
         self._labels[name] = label
         self._fields[name] = widget
+
+    def _field_box(self, name: str) -> QWidget:
+        """The field with the reason its value is refused right under it (hidden while
+        the value is fine)."""
+        box = QWidget()
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self._fields[name])
+        error = field_error_label(name)
+        layout.addWidget(error)
+        self._error_labels[name] = error
+        return box
 
     def _line(self, name: str) -> QLineEdit:
         edit = QLineEdit()
@@ -605,6 +625,9 @@ class PresetForm(QWidget):
             label = self._labels.get(name)
             if label is not None:
                 label.setStyleSheet(f"color: {artwork.ERROR.name()};" if name in errors else "")
+        for name, error_label in self._error_labels.items():
+            error_label.setText(errors.get(name, ""))
+            error_label.setVisible(name in errors)
         messages = list(dict.fromkeys(errors.values())) or ([overall] if overall else [])
         if messages:
             self.error_label.setText(
