@@ -27,7 +27,6 @@ from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtWidgets import (
     QFrame,
     QGridLayout,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QVBoxLayout,
@@ -196,20 +195,16 @@ class EstimatePanel(QFrame):
         warning_layout.addLayout(self.fixes)
         self.warning.hide()
 
-        head = QHBoxLayout()
-        head.setSpacing(8)
-        head.addWidget(title)
-        head.addWidget(self.device_label, 1, Qt.AlignmentFlag.AlignRight)
-        self.device_label.setAlignment(Qt.AlignmentFlag.AlignRight)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 8, 10, 8)
         layout.setSpacing(3)
-        layout.addLayout(head)
+        layout.addWidget(title)
         layout.addWidget(self.steps_label)
         layout.addWidget(self.cost_label)
         layout.addWidget(self.cache_label)
         layout.addWidget(self.warning)
         layout.addWidget(self.remote_cost_label)
+        layout.addWidget(self.device_label)
         self.apply_palette()
         self._show()
 

@@ -5,9 +5,9 @@ beside yours, and a reset per setting or for all of them.
 
     Changed from SDXL (3)
     Setting          Preset      Yours
-    Rank             32          64       [Reset]
-    Batch size       1           2        [Reset]
-    Optimizer        AdamW       Prodigy  [Reset]
+    Rank             32       →  64       [Reset]
+    Batch size       1        →  2        [Reset]
+    Optimizer        AdamW    →  Prodigy  [Reset]
                                       [Reset all]  [Close]
 
 The dialog edits nothing itself: a reset is :attr:`PresetChangesView.reset_requested`
@@ -102,7 +102,7 @@ class PresetChangesView(QDialog):
         layout.addWidget(self.title)
         layout.addWidget(scroll, 1)
         layout.addWidget(buttons)
-        self.resize(520, 360)
+        self.resize(480, 320)
 
     def set_config(self, config: LoraConfig, base: LoraConfig, preset_label: str) -> None:
         """Show how ``config`` differs from ``base`` (the preset ``preset_label``)."""
@@ -124,7 +124,7 @@ class PresetChangesView(QDialog):
         if not count:
             return
         muted = artwork.muted_color(self.palette()).name()
-        for column, text in enumerate(("Setting", "Preset", "Yours")):
+        for column, text in enumerate(("Setting", "Preset", "", "Yours")):
             head = QLabel(text)
             head.setStyleSheet(f"color: {muted};")
             self.grid.addWidget(head, 0, column)
@@ -140,9 +140,11 @@ class PresetChangesView(QDialog):
             reset.setToolTip(f"Back to {show_value(getattr(base, name))}, the preset's value")
             reset.clicked.connect(functools.partial(self._reset, [name]))
             self.reset_buttons[name] = reset
-            for column, widget in enumerate((label, before, after, reset)):
+            arrow = QLabel("\u2192")
+            arrow.setStyleSheet(f"color: {muted};")
+            for column, widget in enumerate((label, before, arrow, after, reset)):
                 self.grid.addWidget(widget, row, column)
-        self.grid.setColumnStretch(2, 1)
+        self.grid.setColumnStretch(5, 1)
         self.grid.setRowStretch(len(self.changed) + 1, 1)
 
     def _reset(self, names: list[str]) -> None:

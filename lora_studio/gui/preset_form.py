@@ -322,10 +322,14 @@ class PresetForm(QWidget):
             ("gradient_accumulation_steps", "mixed_precision"),
         ]
         for r, (left, right) in enumerate(rows, start=6):
-            grid.addWidget(self._labels[left], r, 0, Qt.AlignmentFlag.AlignTop)
-            grid.addWidget(self._field_box(left), r, 1)
-            grid.addWidget(self._labels[right], r, 2, Qt.AlignmentFlag.AlignTop)
-            grid.addWidget(self._field_box(right), r, 3)
+            for column, name in ((0, left), (2, right)):
+                label = self._labels[name]
+                # As tall as its field, at the top: it stays level with the field when the
+                # reason for a refused value shows under it.
+                label.setMinimumHeight(self._fields[name].sizeHint().height())
+                label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+                grid.addWidget(label, r, column, Qt.AlignmentFlag.AlignTop)
+                grid.addWidget(self._field_box(name), r, column + 1)
         last = 6 + len(rows)
         grid.addWidget(self.gpu_label, last, 0)
         grid.addWidget(self.gpu_box, last, 1)

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QLineEdit,
     QPushButton,
     QVBoxLayout,
@@ -295,12 +296,15 @@ class SettingsDialog(QDialog):
 
         layout = QVBoxLayout(self)
         layout.setSpacing(10)
+        # Grows with the test results rather than clipping them.
+        layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         for box in (comfy, replicate, hf, openai, training):
             layout.addWidget(box)
         layout.addWidget(self.note)
         layout.addStretch(1)
         layout.addWidget(buttons)
-        self.resize(640, self.sizeHint().height())
+        self.setMinimumWidth(600)
+        self.resize(660, self.sizeHint().height())
 
         service.checked.connect(self._on_checked)
         service.token_saved.connect(self._on_token_saved)
@@ -422,6 +426,10 @@ class SettingsDialog(QDialog):
         row.result.setStyleSheet(f"color: {color(self.palette()).name()};")
         row.result.setText(("\u2714 " if result.ok else "\u26a0 ") + result.message)
         row.result.show()
+        # A wrapped label in a group box does not ask for its height by itself.
+        width = max(self.comfyui_edit.width(), 360)
+        row.result.setMinimumHeight(row.result.heightForWidth(width))
+        self.resize(self.width(), max(self.height(), self.sizeHint().height()))
         if service == OPENAI and result.items:
             current = self.openai_model_box.currentText()
             self.openai_model_box.clear()
