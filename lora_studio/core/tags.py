@@ -18,12 +18,15 @@ the text encoder will cut a caption off.
 from __future__ import annotations
 
 import collections
+import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lora_studio.core.config import ModelFamily
 
+K = TypeVar("K")
 _WHITESPACE = re.compile(r"\s+")
 _TRAILING = " .;:!?"
 
@@ -256,9 +259,122 @@ def estimate_tokens(caption: str) -> int:
     return count
 
 
+def cut_index(caption: str, limit: int) -> int | None:
+    """Where the text encoder cuts ``caption`` off (the index of the first character it
+    does not read) by :func:`estimate_tokens`; ``None`` when all of it fits."""
+    count = 0
+    for match in _CLIP_WORDS.finditer(caption.lower()):
+        piece = match.group(0)
+        if piece[0].isalpha():
+            count += 1 if len(piece) <= 8 else 1 + -(-(len(piece) - 8) // 4)
+        else:
+            count += len(piece) if not piece.startswith("'") else 1
+        if count > limit:
+            return match.start()
+    return None
+
+
 def token_limit(family: ModelFamily | str | None) -> TokenLimit:
     """The caption limit of ``family`` (CLIP's when unknown)."""
     try:
         return TOKEN_LIMITS[ModelFamily(family)] if family else TOKEN_LIMITS[ModelFamily.SD15]
     except ValueError:
         return TOKEN_LIMITS[ModelFamily.SD15]
+
+
+# ---- batch edits ---------------------------------------------------------------------------
+
+
+class BatchKind(enum.StrEnum):
+    """The caption editor's batch operations."""
+
+    ADD = "add"
+    REMOVE = "remove"
+    REPLACE = "replace"
+    TRIGGER_FIRST = "trigger_first"
+    SORT = "sort"
+    DEDUPE = "dedupe"
+
+
+@dataclass(frozen=True)
+class BatchEdit:
+    """One batch operation and its parameters, applied caption by caption.
+
+    Attributes:
+        kind: what to do.
+        tag: the tag to add or remove; the trigger word (trigger first; kept first by sort).
+        position: where to add: ``0`` first, ``None`` last, ``N`` before the N-th tag.
+        find, replace, regex, case_sensitive: find and replace.
+    """
+
+    kind: BatchKind
+    tag: str = ""
+    position: int | None = None
+    find: str = ""
+    replace: str = ""
+    regex: bool = False
+    case_sensitive: bool = False
+
+    def pattern(self) -> re.Pattern[str]:
+        """The find pattern (:func:`compile_find`). Raises :class:`TagPatternError`."""
+        return compile_find(self.find, regex=self.regex, case_sensitive=self.case_sensitive)
+
+    def check(self) -> None:
+        """Raises :class:`TagPatternError` (with the reason) when the edit cannot run."""
+        needs_tag = self.kind in (BatchKind.ADD, BatchKind.REMOVE, BatchKind.TRIGGER_FIRST)
+        if needs_tag and not normalize(self.tag).strip(","):
+            what = "trigger word" if self.kind is BatchKind.TRIGGER_FIRST else "tag"
+            raise TagPatternError(f"Type the {what}.")
+        if self.kind is BatchKind.REPLACE:
+            pattern = self.pattern()
+            if self.regex:
+                _check_template(pattern, self.replace)
+
+    def apply(self, caption: str) -> str:
+        """``caption`` after this edit (the same string when nothing changes)."""
+        if self.kind is BatchKind.ADD:
+            return add_tag(caption, self.tag, self.position)
+        if self.kind is BatchKind.REMOVE:
+            return remove_tag(caption, self.tag)
+        if self.kind is BatchKind.REPLACE:
+            return replace_in(caption, self.pattern(), self.replace, regex=self.regex)
+        if self.kind is BatchKind.TRIGGER_FIRST:
+            return trigger_first(caption, self.tag)
+        if self.kind is BatchKind.SORT:
+            return sort_tags(caption, self.tag)
+        return dedupe_tags(caption)
+
+    def plan(self, captions: Mapping[K, str]) -> dict[K, tuple[str, str]]:
+        """``{key: (before, after)}`` for the captions this edit changes.
+
+        Raises:
+            TagPatternError: the edit cannot run (see :meth:`check`).
+        """
+        self.check()
+        if self.kind is BatchKind.REPLACE:
+            pattern = self.pattern()
+            changed = {}
+            for key, text in captions.items():
+                after = replace_in(text, pattern, self.replace, regex=self.regex)
+                if after != text:
+                    changed[key] = (text, after)
+            return changed
+        return {k: (t, a) for k, t in captions.items() if (a := self.apply(t)) != t}
+
+
+def _check_template(pattern: re.Pattern[str], replacement: str) -> None:
+    """Raises :class:`TagPatternError` when ``replacement`` names a group ``pattern`` lacks
+    or has a bad escape - now, rather than at the first match."""
+    # The parser of templates is private and renamed across Python versions.
+    parse = getattr(re, "_compile_template", None)
+    if parse is not None:  # Python >= 3.12: (pattern, repl)
+        call = lambda: parse(pattern, replacement)  # noqa: E731
+    else:
+        compile_repl = getattr(re, "_compile_repl", None)
+        if compile_repl is None:  # pragma: no cover
+            return
+        call = lambda: compile_repl(replacement, pattern)  # noqa: E731
+    try:
+        call()
+    except (re.error, IndexError) as exc:
+        raise TagPatternError(f"The replacement is not valid: {exc}.") from None

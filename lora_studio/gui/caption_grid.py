@@ -14,10 +14,29 @@ caption, as a word diff with Accept / Reject buttons per image, and a bar above 
 acts on the selection or on all of them (see :mod:`lora_studio.gui.proposal_review`);
 the "Has proposal" filter shows only those images. The "Caption images…" button asks
 for a caption run (:attr:`CaptionGrid.caption_images_requested`).
+
+Editing is keyboard-first: Ctrl+Down / Ctrl+Up go to the next / previous image (in the
+editor too: the caption is kept and the next one opens), Ctrl+U jumps to the next image
+without a caption, Space or a click on the thumbnail zooms the image
+(:class:`~lora_studio.gui.image_zoom.ZoomDialog`). A caption being typed is saved within a
+second of the last key (:data:`AUTOSAVE_MS`). The caption editor completes the tag under
+the cursor from the dataset's own tags, with their counts, and says how many tokens the
+caption has against the text encoder's limit (an estimate, :func:`~lora_studio.core.tags.
+estimate_tokens`); a caption that will be cut shows its count in red in the grid too.
+
+Batch operations (Ctrl+E, Ctrl+H for find and replace; the "Batch edit" button's menu) run
+over the selected images or all shown ones through
+:class:`~lora_studio.gui.batch_edit_dialog.BatchEditDialog`, with a preview. Every change -
+a caption typed, a batch operation - is one step of :attr:`CaptionGrid.undo_stack`
+(:class:`~lora_studio.gui.caption_commands.CaptionEdit`; Ctrl+Z / Ctrl+Shift+Z): undoing
+writes the files again. The tag list beside the grid counts every tag; clicking one shows
+only the images that have it. A caption file changed by another program is flagged on its
+row and in a bar above the grid that offers to reload it or keep the text shown here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import (
@@ -30,30 +49,60 @@ from PySide6.QtCore import (
     QSize,
     QSortFilterProxyModel,
     Qt,
+    QTimer,
     Signal,
 )
-from PySide6.QtGui import QFont, QFontMetrics, QKeyEvent, QPainter, QPalette
+from PySide6.QtGui import (
+    QAction,
+    QFont,
+    QFontMetrics,
+    QKeyEvent,
+    QKeySequence,
+    QMouseEvent,
+    QPainter,
+    QPalette,
+    QUndoStack,
+)
 from PySide6.QtWidgets import (
     QAbstractItemDelegate,
     QAbstractItemView,
     QApplication,
     QComboBox,
+    QCompleter,
+    QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
+    QSplitter,
     QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
     QTableView,
+    QToolButton,
+    QTreeView,
     QVBoxLayout,
     QWidget,
 )
 
 from lora_studio.core.proposals import ProposalState, ProposalView
+from lora_studio.core.tags import (
+    BatchKind,
+    TokenLimit,
+    cut_index,
+    estimate_tokens,
+    has_tag,
+    tag_counts,
+    tag_under_cursor,
+    token_limit,
+)
 from lora_studio.gui import artwork
+from lora_studio.gui.batch_edit_dialog import OPERATIONS, BatchEditDialog
+from lora_studio.gui.caption_commands import CaptionEdit, batch_label, new_session
 from lora_studio.gui.dataset_model import CaptionState, Column, DatasetModel, Role
+from lora_studio.gui.image_zoom import ZoomDialog
 from lora_studio.gui.proposal_review import (
     ACCEPT,
     OVERWRITE,
@@ -63,6 +112,7 @@ from lora_studio.gui.proposal_review import (
     diff_html,
     paint_html,
 )
+from lora_studio.gui.tag_list import TAG_ROLE, TagCountModel, TagList
 
 Index = QModelIndex | QPersistentModelIndex
 PLACEHOLDER = "(no caption)"
@@ -73,6 +123,12 @@ THUMB = 48
 IMAGE_WIDTH, IMAGE_MIN = 178, 158
 REVIEW_IMAGE_MIN = 112  # the thumbnail and a few letters of the name
 STATUS_WIDTH, STATUS_MIN = 92, 58
+#: A caption being typed is saved this long after the last key.
+AUTOSAVE_MS = 700
+#: The tag list and the completer are recounted this long after the last change.
+RECOUNT_MS = 250
+#: Type this many letters of a tag before completions pop up.
+COMPLETE_AFTER = 2
 
 
 class CaptionFilter(QSortFilterProxyModel):
@@ -88,6 +144,16 @@ class CaptionFilter(QSortFilterProxyModel):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._mode = self.ALL
+        self._tag = ""
+
+    @property
+    def tag(self) -> str:
+        return self._tag
+
+    def set_tag(self, tag: str) -> None:
+        """Show only the rows whose caption has the tag ``tag`` (``""``: any caption)."""
+        if tag != self._tag:
+            self._refilter(self._mode, tag)
 
     @property
     def mode(self) -> str:
@@ -113,17 +179,19 @@ class CaptionFilter(QSortFilterProxyModel):
         if self._mode != self.ALL:
             self._refilter(self._mode)
 
-    def _refilter(self, mode: str) -> None:
+    def _refilter(self, mode: str, tag: str | None = None) -> None:
         if hasattr(self, "beginFilterChange"):  # Qt >= 6.10
             self.beginFilterChange()
             self._mode = mode
+            self._tag = self._tag if tag is None else tag
             self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
         else:  # pragma: no cover - older Qt
             self._mode = mode
+            self._tag = self._tag if tag is None else tag
             self.invalidateRowsFilter()
 
     def filterAcceptsRow(self, source_row: int, source_parent: Index) -> bool:  # noqa: N802
-        if self._mode == self.ALL:
+        if self._mode == self.ALL and not self._tag:
             return True
         source = self.sourceModel()
         index = source.index(source_row, Column.CAPTION, source_parent)
@@ -131,6 +199,10 @@ class CaptionFilter(QSortFilterProxyModel):
         # user's cursor mid-edit.
         state = source.data(index, Role.CAPTION_STATE)
         if state is CaptionState.SAVING:
+            return True
+        if self._tag and not has_tag(str(source.data(index) or ""), self._tag):
+            return False
+        if self._mode == self.ALL:
             return True
         if self._mode == self.PROBLEMS:
             return bool(source.data(index, Role.SEVERITY))
@@ -140,20 +212,196 @@ class CaptionFilter(QSortFilterProxyModel):
 
 
 class CaptionEditor(QPlainTextEdit):
-    """The multi-line caption editor (see :class:`CaptionDelegate` for its keys)."""
+    """The multi-line caption editor (see :class:`CaptionDelegate` for its keys).
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    It completes the tag under the cursor (:meth:`set_completer`), shows the caption's
+    token count against ``limit`` in its corner, and asks for an autosave
+    (:attr:`autosave`) :data:`AUTOSAVE_MS` after the last change.
+    """
+
+    autosave = Signal()
+
+    def __init__(self, parent: QWidget | None = None, limit: TokenLimit | None = None) -> None:
         super().__init__(parent)
         self.setTabChangesFocus(True)
         self.setPlaceholderText("Describe the image; Enter saves, Shift+Enter adds a line")
         self.setFrameShape(QPlainTextEdit.Shape.Box)
+        self.session = new_session()
+        self.limit = limit or token_limit(None)
+        self.completer: QCompleter | None = None
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(AUTOSAVE_MS)
+        self.timer.timeout.connect(self.autosave)
+        self.tokens = QLabel(self)
+        self.tokens.setObjectName("token_counter")
+        self.tokens.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents, False)
+        self.textChanged.connect(self._on_text_changed)
+        self._update_tokens()
+
+    @property
+    def unsaved(self) -> bool:
+        """Typed text that has not been handed to the model yet."""
+        return self.timer.isActive()
+
+    def set_completer(self, completer: QCompleter) -> None:
+        self.completer = completer
+        completer.setWidget(self)
+        completer.activated[str].connect(self.insert_completion)
+
+    def insert_completion(self, tag: str) -> None:
+        """Replace the tag under the cursor (as far as it is typed) with ``tag``."""
+        if self.completer is None or self.completer.widget() is not self:
+            return
+        cursor = self.textCursor()
+        start, end = tag_under_cursor(self.toPlainText(), cursor.position())
+        cursor.setPosition(start)
+        cursor.setPosition(end, cursor.MoveMode.KeepAnchor)
+        at_end = end == len(self.toPlainText())
+        cursor.insertText(tag + (", " if at_end else ""))
+        self.setTextCursor(cursor)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        popup = self.completer.popup() if self.completer is not None else None
+        if (
+            popup is not None
+            and popup.isVisible()
+            and event.key()
+            in (
+                Qt.Key.Key_Enter,
+                Qt.Key.Key_Return,
+                Qt.Key.Key_Escape,
+                Qt.Key.Key_Tab,
+                Qt.Key.Key_Backtab,
+            )
+        ):
+            event.ignore()  # the completer takes these
+            return
+        super().keyPressEvent(event)
+        if self.completer is not None and event.text() and event.text().isprintable():
+            self._complete()
+
+    def _complete(self) -> None:
+        assert self.completer is not None
+        text = self.toPlainText()
+        start, end = tag_under_cursor(text, self.textCursor().position())
+        prefix = text[start:end]
+        popup = self.completer.popup()
+        if len(prefix.strip()) < COMPLETE_AFTER:
+            popup.hide()
+            return
+        self.completer.setCompletionPrefix(prefix)
+        if self.completer.completionCount() == 0:
+            popup.hide()
+            return
+        if (
+            self.completer.completionCount() == 1
+            and self.completer.currentCompletion().casefold() == prefix.casefold()
+        ):
+            popup.hide()  # typed in full already
+            return
+        popup.setCurrentIndex(self.completer.completionModel().index(0, 0))
+        rect = self.cursorRect()
+        rect.setWidth(max(240, self.width() // 2))
+        self.completer.complete(rect)
+
+    def _on_text_changed(self) -> None:
+        self.timer.start()
+        self._update_tokens()
+
+    def _update_tokens(self) -> None:
+        text = self.toPlainText()
+        count = estimate_tokens(text)
+        over = count > self.limit.limit
+        self.tokens.setText(f"\u2248{count}/{self.limit.limit}")
+        color = artwork.ERROR if over else artwork.MUTED
+        self.tokens.setStyleSheet(
+            f"color: {color.name()}; background: palette(base); padding: 0 2px;"
+            + (" font-weight: bold;" if over else "")
+        )
+        tip = (
+            f"About {count} {self.limit.encoder} tokens; the text encoder reads "
+            f"{self.limit.limit} (an estimate: the exact count depends on the tokenizer)."
+        )
+        cut = cut_index(text, self.limit.limit)
+        if cut is not None:
+            lost = text[cut:].strip()
+            lost = lost if len(lost) <= 200 else lost[:200] + "\u2026"
+            tip += f"\nCut off: \u201c{lost}\u201d"
+        self.tokens.setToolTip(tip)
+        self.tokens.adjustSize()
+        self._place_tokens()
+
+    def _place_tokens(self) -> None:
+        frame = self.frameWidth()
+        self.tokens.move(
+            self.width() - self.tokens.width() - frame - 2,
+            self.height() - self.tokens.height() - frame - 1,
+        )
+
+    def resizeEvent(self, event: object) -> None:  # noqa: N802
+        super().resizeEvent(event)  # type: ignore[arg-type]
+        self._place_tokens()
+
+
+#: ``(path, before, after, session)``: how the delegate hands a typed caption to the grid.
+CommitFn = Callable[[Path, str, str, int], None]
 
 
 class CaptionDelegate(QStyledItemDelegate):
     """Edits captions in a :class:`CaptionEditor` and draws the "(no caption)" placeholder;
-    beside a proposal, the words it would drop are struck through in red."""
+    beside a proposal, the words it would drop are struck through in red. The token count
+    is drawn in the cell's corner, in red when the caption will be cut.
+
+    Signals:
+        navigate(int): the editor asked for the previous (-1) / next (+1) image, or
+            (:data:`NEXT_UNCAPTIONED`) the next one without a caption.
+    """
+
+    navigate = Signal(int)
+    cancelled = Signal(int)  # an editor session ended with Esc
+    typing = Signal()  # the open editor's text changed (not saved yet)
+    NEXT_UNCAPTIONED = 2
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.commit: CommitFn | None = None
+        self.completer: QCompleter | None = None
+        self.limit = token_limit(None)
+        self.editor: CaptionEditor | None = None  # the open one
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        self._paint_text(painter, option, index)
+        text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        if text.strip():
+            self._paint_tokens(painter, option, text)
+
+    def _paint_tokens(self, painter: QPainter, option: QStyleOptionViewItem, text: str) -> None:
+        count = estimate_tokens(text)
+        limit = self.limit.limit
+        over = count > limit
+        if not over and count < limit * 0.8:
+            return  # only worth a look when near or over the limit
+        small = QFont(option.font)
+        small.setPointSizeF(option.font.pointSizeF() * 0.85)
+        small.setBold(over)
+        label = f"\u26a0 {count}/{limit} tokens" if over else f"{count}/{limit}"
+        metrics = QFontMetrics(small)
+        width = metrics.horizontalAdvance(label) + 6
+        rect = QRect(
+            option.rect.right() - width - 2,
+            option.rect.bottom() - metrics.height() - 2,
+            width,
+            metrics.height(),
+        )
+        painter.save()
+        painter.setFont(small)
+        painter.fillRect(rect, option.palette.color(QPalette.ColorRole.Base))
+        painter.setPen(artwork.ERROR if over else artwork.MUTED)
+        painter.drawText(rect, int(Qt.AlignmentFlag.AlignCenter), label)
+        painter.restore()
+
+    def _paint_text(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
         view = index.data(Role.PROPOSAL)
         text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
         if (
@@ -179,20 +427,53 @@ class CaptionDelegate(QStyledItemDelegate):
     def createEditor(  # noqa: N802
         self, parent: QWidget, option: QStyleOptionViewItem, index: Index
     ) -> QWidget:
-        editor = CaptionEditor(parent)
+        editor = CaptionEditor(parent, self.limit)
         editor.installEventFilter(self)
+        if self.completer is not None:
+            editor.set_completer(self.completer)
+        editor.autosave.connect(lambda: self.commitData.emit(editor))
+        editor.textChanged.connect(self.typing)
+        editor.destroyed.connect(lambda *_: self._forget(editor))
+        self.editor = editor
         return editor
+
+    def _forget(self, editor: object) -> None:
+        if self.editor is editor:
+            self.editor = None
+
+    def destroyEditor(self, editor: QWidget, index: Index) -> None:  # noqa: N802
+        if isinstance(editor, CaptionEditor):
+            editor.timer.stop()
+            if self.completer is not None and self.completer.widget() is editor:
+                self.completer.popup().hide()
+                self.completer.setWidget(None)
+        if self.editor is editor:
+            self.editor = None
+        super().destroyEditor(editor, index)
 
     def setEditorData(self, editor: QWidget, index: Index) -> None:  # noqa: N802
         assert isinstance(editor, CaptionEditor)
-        editor.setPlainText(str(index.data(Qt.ItemDataRole.EditRole) or ""))
+        text = str(index.data(Qt.ItemDataRole.EditRole) or "")
+        if editor.document().isModified() or editor.toPlainText() == text:
+            return  # never replace what the user is typing (an autosave's echo)
+        editor.setPlainText(text)
+        editor.document().setModified(False)
+        editor.timer.stop()
         editor.moveCursor(editor.textCursor().MoveOperation.End)
 
     def setModelData(  # noqa: N802
         self, editor: QWidget, model: QAbstractItemModel, index: Index
     ) -> None:
         assert isinstance(editor, CaptionEditor)
-        model.setData(index, editor.toPlainText(), Qt.ItemDataRole.EditRole)
+        editor.timer.stop()
+        text = editor.toPlainText()
+        path = index.data(Role.PATH)
+        before = str(index.data(Qt.ItemDataRole.EditRole) or "")
+        if self.commit is not None and isinstance(path, Path):
+            if text != before:
+                self.commit(path, before, text, editor.session)
+            return
+        model.setData(index, text, Qt.ItemDataRole.EditRole)
 
     def updateEditorGeometry(  # noqa: N802
         self, editor: QWidget, option: QStyleOptionViewItem, index: Index
@@ -214,7 +495,16 @@ class CaptionDelegate(QStyledItemDelegate):
                 self.closeEditor.emit(watched, QAbstractItemDelegate.EndEditHint.NoHint)
                 return True
             if key == Qt.Key.Key_Escape:
+                watched.timer.stop()
                 self.closeEditor.emit(watched, QAbstractItemDelegate.EndEditHint.RevertModelCache)
+                self.cancelled.emit(watched.session)
+                return True
+            ctrl = event.modifiers() & Qt.KeyboardModifier.ControlModifier
+            step = {Qt.Key.Key_Down: 1, Qt.Key.Key_Up: -1, Qt.Key.Key_U: self.NEXT_UNCAPTIONED}
+            if ctrl and key in step:
+                self.commitData.emit(watched)
+                self.closeEditor.emit(watched, QAbstractItemDelegate.EndEditHint.NoHint)
+                self.navigate.emit(step[key])
                 return True
         return super().eventFilter(watched, event)
 
@@ -295,12 +585,18 @@ class CaptionGrid(QWidget):
             also over captions edited since, i.e. overwrite).
         reject_requested(list[Path]): drop these images' proposals.
         notice(str, str): a message for the user: level, text.
+        reload_requested(dict[Path, str | None]): take these captions from disk (another
+            program changed them).
+        keep_requested(dict[Path, str]): save these captions over the files another
+            program changed.
     """
 
     caption_images_requested = Signal()
     accept_requested = Signal(object, bool)
     reject_requested = Signal(object)
     notice = Signal(str, str)
+    reload_requested = Signal(object)
+    keep_requested = Signal(object)
 
     def __init__(self, model: DatasetModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -322,18 +618,61 @@ class CaptionGrid(QWidget):
             "arrive as proposals to review here"
         )
         self.caption_button.clicked.connect(self.caption_images_requested)
+        self.undo_stack = QUndoStack(self)
+        self.tag_model = TagCountModel(self)
+        self.trigger_word = ""
+        self.zoom: ZoomDialog | None = None
+        self.batch_dialog: BatchEditDialog | None = None
+        self._build_actions()
+        self.batch_button = QToolButton()
+        self.batch_button.setText("Batch edit")
+        self.batch_button.setToolTip(
+            f"Change the selected captions (or all shown) at once, with a preview; "
+            f"undo with {self.undo_action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)}"
+        )
+        self.batch_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.batch_button.setMenu(self.batch_menu)
+        self.tags_button = QToolButton()
+        self.tags_button.setText("Tags")
+        self.tags_button.setCheckable(True)
+        self.tags_button.setToolTip("Show the list of tags with their counts")
         header = QHBoxLayout()
         header.addWidget(title)
         header.addStretch(1)
+        header.addWidget(self.batch_button)
+        header.addWidget(self.tags_button)
         header.addWidget(self.caption_button)
         header.addSpacing(8)
         header.addWidget(QLabel("Show"))
         header.addWidget(self.filter_box)
         self.review_bar = ReviewBar()
+        self.disk_bar = QFrame()
+        self.disk_bar.setObjectName("disk_bar")
+        self.disk_bar.setFrameShape(QFrame.Shape.StyledPanel)
+        self.disk_label = QLabel()
+        self.disk_label.setWordWrap(True)
+        self.reload_button = QPushButton("Reload")
+        self.reload_button.setToolTip("Show the captions as the other program saved them")
+        self.keep_button = QPushButton("Keep mine")
+        self.keep_button.setToolTip("Save the captions shown here over the other program's")
+        disk_row = QHBoxLayout(self.disk_bar)
+        disk_row.setContentsMargins(6, 3, 6, 3)
+        disk_row.addWidget(self.disk_label, 1)
+        disk_row.addWidget(self.reload_button)
+        disk_row.addWidget(self.keep_button)
+        self.disk_bar.setVisible(False)
+        self.reload_button.clicked.connect(self._reload_from_disk)
+        self.keep_button.clicked.connect(self._keep_mine)
 
         self.table = QTableView()
         self.table.setModel(self.proxy)
         self.delegate = CaptionDelegate(self.table)
+        self.delegate.commit = self._commit_typed
+        self.delegate.navigate.connect(self._navigate_from_editor)
+        self.delegate.cancelled.connect(self._editor_cancelled)
+        self.delegate.typing.connect(self._update_state)
+        self.completer = self._make_completer()
+        self.delegate.completer = self.completer
         self.table.setItemDelegateForColumn(Column.CAPTION, self.delegate)
         self.image_delegate = ImageDelegate(self.table)
         self.table.setItemDelegateForColumn(Column.IMAGE, self.image_delegate)
@@ -374,18 +713,45 @@ class CaptionGrid(QWidget):
         self.state_label = QLabel()
         self.state_label.setWordWrap(True)
         hint = QLabel(
-            "Double-click a caption to edit \u00b7 Enter saves \u00b7 Shift+Enter new line \u00b7 Esc cancels"
+            "Double-click a caption to edit \u00b7 Enter saves \u00b7 Shift+Enter new line "
+            "\u00b7 Esc cancels \u00b7 Ctrl+\u2193/\u2191 next/previous \u00b7 Ctrl+U next "
+            "uncaptioned \u00b7 Space zooms"
         )
         hint.setStyleSheet(f"color: {artwork.MUTED.name()};")
         hint.setWordWrap(True)
+        self.hint = hint
+
+        self.tag_list = TagList(self.tag_model)
+        self.tag_list.tag_chosen.connect(self._filter_by_tag)
+        self.tag_list.setVisible(False)
+        self.tags_button.toggled.connect(self.tag_list.setVisible)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.table)
+        self.splitter.addWidget(self.tag_list)
+        self.splitter.setStretchFactor(0, 4)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.setSizes([600, 170])
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addLayout(header)
         layout.addWidget(self.review_bar)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(self.disk_bar)
+        layout.addWidget(self.splitter, 1)
         layout.addWidget(self.state_label)
         layout.addWidget(hint)
+
+        self._recount = QTimer(self)
+        self._recount.setSingleShot(True)
+        self._recount.setInterval(RECOUNT_MS)
+        self._recount.timeout.connect(self.recount_tags)
+        model.dataChanged.connect(self._recount.start)
+        model.modelReset.connect(self._recount.start)
+        model.disk_changes_changed.connect(self._update_disk_bar)
+        model.modelReset.connect(self._update_disk_bar)
+        self.undo_stack.cleanChanged.connect(self._update_state)
+        self.undo_stack.indexChanged.connect(self._update_state)
 
         model.dataChanged.connect(self._update_state)
         model.modelReset.connect(self._update_state)
@@ -402,6 +768,12 @@ class CaptionGrid(QWidget):
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
         if event.type() == QEvent.Type.Resize and watched is self.table.viewport():
             self._fit_widths()
+        if (
+            event.type() == QEvent.Type.MouseButtonRelease
+            and watched is self.table.viewport()
+            and isinstance(event, QMouseEvent)
+        ):
+            self._clicked_thumbnail(event)
         return super().eventFilter(watched, event)
 
     def _fit_widths(self) -> None:
@@ -511,17 +883,280 @@ class CaptionGrid(QWidget):
         saving = counts.get(CaptionState.SAVING, 0)
         failed = counts.get(CaptionState.FAILED, 0)
         saved = counts.get(CaptionState.SAVED, 0)
-        if failed:
+        disk = len(self.model.changed_on_disk())
+        typing = self.delegate.editor is not None and self.delegate.editor.unsaved
+        if disk:
+            self.state_label.setText(
+                f"\u26a0 {disk} caption file(s) changed by another program \u2014 nothing "
+                f"was saved over them; reload them or keep yours (the bar above)."
+            )
+            self.state_label.setStyleSheet(f"color: {artwork.WARNING.name()}; font-weight: bold;")
+        elif failed:
             self.state_label.setText(
                 f"\u26a0 {failed} caption(s) not saved \u2014 your text is kept; hover the row "
                 f"for the reason and edit it again to retry."
             )
             self.state_label.setStyleSheet(f"color: {artwork.ERROR.name()}; font-weight: bold;")
-        elif saving:
-            self.state_label.setText(f"Saving {saving} caption(s)\u2026")
+        elif typing or saving:
+            what = f"Saving {saving} caption(s)\u2026" if saving else "Not saved yet\u2026"
+            self.state_label.setText(what)
             self.state_label.setStyleSheet(f"color: {artwork.MUTED.name()};")
         elif saved:
             self.state_label.setText(f"All captions saved \u2713 ({saved} edited)")
             self.state_label.setStyleSheet(f"color: {artwork.SUCCESS.name()};")
         else:
             self.state_label.setText("")
+
+    # ---- editing: commands, navigation, zoom ---------------------------------------------
+
+    def _build_actions(self) -> None:
+        """The grid's actions (the window's Edit menu shows them too); their shortcuts work
+        while the focus is in the grid."""
+
+        def action(text: str, keys: list[str], slot: Callable[[], object], tip: str) -> QAction:
+            act = QAction(text, self)
+            act.setShortcuts([QKeySequence(k) for k in keys])
+            act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shown = " / ".join(
+                QKeySequence(k).toString(QKeySequence.SequenceFormat.NativeText) for k in keys
+            )
+            act.setToolTip(f"{tip} ({shown})" if shown else tip)
+            act.setStatusTip(tip)
+            act.triggered.connect(slot)
+            self.addAction(act)
+            return act
+
+        self.undo_action = self.undo_stack.createUndoAction(self, "&Undo")
+        self.undo_action.setShortcuts(QKeySequence.StandardKey.Undo)
+        self.redo_action = self.undo_stack.createRedoAction(self, "&Redo")
+        redo_keys = [QKeySequence("Ctrl+Shift+Z")]
+        for key in QKeySequence.keyBindings(QKeySequence.StandardKey.Redo):
+            if key not in redo_keys:  # a key twice is an ambiguous shortcut: none fires
+                redo_keys.append(key)
+        self.redo_action.setShortcuts(redo_keys)
+        for act in (self.undo_action, self.redo_action):
+            act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            self.addAction(act)
+        self.next_action = action(
+            "&Next image", ["Ctrl+Down"], lambda: self.step(1), "Go to the next image"
+        )
+        self.previous_action = action(
+            "&Previous image", ["Ctrl+Up"], lambda: self.step(-1), "Go to the previous image"
+        )
+        self.next_uncaptioned_action = action(
+            "Next &uncaptioned image",
+            ["Ctrl+U"],
+            self.next_uncaptioned,
+            "Go to the next image without a caption and edit it",
+        )
+        self.zoom_action = action(
+            "&Zoom image", ["Space"], self.zoom_current, "Show the image at full size"
+        )
+        self.batch_actions: dict[BatchKind, QAction] = {}
+        keys = {BatchKind.ADD: ["Ctrl+E"], BatchKind.REPLACE: ["Ctrl+H"]}
+        self.batch_menu = QMenu("&Batch edit", self)
+        for kind, label in OPERATIONS.items():
+            act = action(
+                label + "\u2026",
+                keys.get(kind, []),
+                lambda k=kind: self.open_batch_dialog(k),
+                f"{label} in the selected captions (or all shown), with a preview",
+            )
+            self.batch_actions[kind] = act
+            self.batch_menu.addAction(act)
+
+    def edit_actions(self) -> list[QAction | None]:
+        """The Edit menu's entries (``None``: a separator)."""
+        return [
+            self.undo_action,
+            self.redo_action,
+            None,
+            self.next_action,
+            self.previous_action,
+            self.next_uncaptioned_action,
+            self.zoom_action,
+        ]
+
+    def _make_completer(self) -> QCompleter:
+        completer = QCompleter(self.tag_model, self)
+        popup = QTreeView()
+        popup.setRootIsDecorated(False)
+        popup.setHeaderHidden(True)
+        popup.setUniformRowHeights(True)
+        popup.setObjectName("tag_completions")
+        completer.setPopup(popup)
+        popup.header().setStretchLastSection(False)
+        popup.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        popup.header().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        completer.setCompletionColumn(0)
+        completer.setCompletionRole(TAG_ROLE)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchFlag.MatchStartsWith)
+        completer.setMaxVisibleItems(8)
+        return completer
+
+    def recount_tags(self) -> None:
+        """Count the tags of every caption shown now (the tag list, the completer)."""
+        self._recount.stop()
+        self.tag_model.set_counts(tag_counts(self.model.captions().values()))
+
+    def set_training(self, trigger_word: str, family: object) -> None:
+        """The training config's trigger word (batch edits) and model family (the token
+        limit of its text encoder)."""
+        self.trigger_word = trigger_word
+        limit = token_limit(str(family) if family else None)
+        if limit != self.delegate.limit:
+            self.delegate.limit = limit
+            self.table.viewport().update()
+
+    def _commit_typed(self, path: Path, before: str, after: str, session: int) -> None:
+        name = path.name
+        self.undo_stack.push(
+            CaptionEdit(self.model, {path: (before, after)}, f"edit caption of {name}", session)
+        )
+        self._update_state()
+
+    def _editor_cancelled(self, session: int) -> None:
+        # Esc undoes what autosave already wrote of this editing session.
+        index = self.undo_stack.index()
+        top = self.undo_stack.command(index - 1) if index > 0 else None
+        if isinstance(top, CaptionEdit) and top.session == session:
+            self.undo_stack.undo()
+        self._update_state()
+
+    def apply_changes(self, changes: dict[Path, tuple[str, str]], label: str) -> None:
+        """Change captions as one undo step (``{path: (before, after)}``)."""
+        if changes:
+            self.undo_stack.push(CaptionEdit(self.model, changes, label))
+
+    def open_batch_dialog(self, kind: BatchKind = BatchKind.ADD) -> BatchEditDialog:
+        """Open the batch edit dialog (not modal for tests: ``open()``), showing ``kind``."""
+        self.recount_tags()
+        shown_rows = [
+            self.proxy.mapToSource(self.proxy.index(r, 0)).row()
+            for r in range(self.proxy.rowCount())
+        ]
+        captions = self.model.captions()
+        shown = {self.model.item(r).path: captions[self.model.item(r).path] for r in shown_rows}
+        selected = {p: captions[p] for p in self.selected_paths()}
+        if self.batch_dialog is not None:
+            self.batch_dialog.close()
+        dialog = BatchEditDialog(
+            selected, shown, self.tag_model.tags(), self.trigger_word, kind, self
+        )
+        dialog.accepted.connect(lambda: self._apply_batch(dialog))
+        dialog.finished.connect(dialog.deleteLater)
+        self.batch_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def _apply_batch(self, dialog: BatchEditDialog) -> None:
+        dialog.update_preview()
+        if dialog.changes:
+            label = OPERATIONS[dialog.kind].lower()
+            self.apply_changes(dialog.changes, batch_label(label, len(dialog.changes)))
+            self.notice.emit(
+                "info", f"{OPERATIONS[dialog.kind]}: {len(dialog.changes)} caption(s) changed."
+            )
+        if self.batch_dialog is dialog:
+            self.batch_dialog = None
+
+    def current_source_row(self) -> int:
+        index = self.table.currentIndex()
+        return self.proxy.mapToSource(index).row() if index.isValid() else -1
+
+    def step(self, delta: int, edit: bool = False) -> None:
+        """Go to the next (``delta`` 1) or previous (-1) shown image."""
+        rows = self.proxy.rowCount()
+        if not rows:
+            return
+        edit = edit or self.delegate.editor is not None  # keep editing, one row on
+        current = self.table.currentIndex()
+        row = current.row() + delta if current.isValid() else (0 if delta > 0 else rows - 1)
+        row = max(0, min(rows - 1, row))
+        self._go(self.proxy.index(row, Column.CAPTION), edit)
+        if self.zoom is not None and self.zoom.isVisible():
+            self.zoom_current()
+
+    def next_uncaptioned(self) -> None:
+        """Go to the next shown image without a caption (wrapping round) and edit it."""
+        rows = self.proxy.rowCount()
+        current = self.table.currentIndex()
+        start = current.row() + 1 if current.isValid() else 0
+        for offset in range(rows):
+            index = self.proxy.index((start + offset) % rows, Column.CAPTION)
+            if not index.data(Role.HAS_CAPTION):
+                self._go(index, edit=True)
+                return
+        self.notice.emit("info", "Every image shown has a caption.")
+
+    def _go(self, index: QModelIndex, edit: bool) -> None:
+        self.table.scrollTo(index)
+        self.table.selectionModel().setCurrentIndex(
+            index,
+            self.table.selectionModel().SelectionFlag.ClearAndSelect
+            | self.table.selectionModel().SelectionFlag.Rows,
+        )
+        if edit:
+            self.table.edit(index)
+
+    def _navigate_from_editor(self, step: int) -> None:
+        # After the editor has closed (its commit first), on the next turn of the loop.
+        if step == CaptionDelegate.NEXT_UNCAPTIONED:
+            QTimer.singleShot(0, self, self.next_uncaptioned)
+        else:
+            QTimer.singleShot(0, self, lambda: self.step(step, edit=True))
+
+    def _clicked_thumbnail(self, event: QMouseEvent) -> bool:
+        """A left click on a row's thumbnail (not its name) zooms the image."""
+        if event.button() != Qt.MouseButton.LeftButton or event.modifiers():
+            return False
+        pos = event.position().toPoint()
+        index = self.table.indexAt(pos)
+        if not index.isValid() or index.column() != Column.IMAGE:
+            return False
+        if pos.x() - self.table.visualRect(index).left() > THUMB + 12:
+            return False
+        self.zoom_row(self.proxy.mapToSource(index).row())
+        return True
+
+    def zoom_current(self) -> None:
+        row = self.current_source_row()
+        if row >= 0:
+            self.zoom_row(row)
+
+    def zoom_row(self, source_row: int) -> ZoomDialog:
+        """Show image ``source_row`` at full size in the zoom popup."""
+        if self.zoom is None:
+            self.zoom = ZoomDialog(self)
+            self.zoom.step_requested.connect(self.step)
+        self.zoom.show_image(self.model.item(source_row).path)
+        self.zoom.show()
+        self.zoom.raise_()
+        return self.zoom
+
+    # ---- tags filter, files changed on disk ---------------------------------------------
+
+    def _filter_by_tag(self, tag: str) -> None:
+        self.proxy.set_tag(tag)
+
+    def _update_disk_bar(self, *_: object) -> None:
+        changed = self.model.changed_on_disk()
+        self.disk_bar.setVisible(bool(changed))
+        if changed:
+            names = ", ".join(p.name for p in list(changed)[:3])
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            self.disk_label.setText(
+                f"\u26a0 Another program changed the caption of {names}{more}. Nothing was "
+                f"saved over it."
+            )
+        self._update_state()
+
+    def _reload_from_disk(self) -> None:
+        self.reload_requested.emit(self.model.changed_on_disk())
+
+    def _keep_mine(self) -> None:
+        changed = self.model.changed_on_disk()
+        texts = {p: self.model.caption_text(p) for p in changed}
+        self.model.forget_disk_changes(list(changed))
+        self.keep_requested.emit(texts)

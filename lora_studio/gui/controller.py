@@ -58,12 +58,16 @@ from lora_studio.core.base_model import (
     ModelKind,
     resolve_base_model,
 )
+from lora_studio.core.caption_files import (
+    CaptionChangedOnDisk,
+    captions_changed_on_disk,
+    write_caption_checked,
+)
 from lora_studio.core.config import LoraConfig
 from lora_studio.core.dataset import (
     Dataset,
     DatasetStats,
     ImageItem,
-    write_caption,
 )
 from lora_studio.core.errors import (
     CaptionError,
@@ -253,6 +257,11 @@ class StudioController(QObject):
             (sent with ``dataset_validated``).
         caption_saved(Path, str): the caption text was written.
         caption_failed(Path, str, str): the caption text was not written, and why.
+        captions_changed_on_disk(dict[Path, str | None]): caption files that another
+            program changed since they were read (path -> the text on disk now); a save
+            over one of them is refused (``caption_failed`` too) until the user reloads
+            it (:meth:`reload_captions`) or keeps their text (``save_caption(force=True)``).
+        captions_reloaded(dict[Path, str | None]): these captions were taken from disk.
         config_changed(LoraConfig): the training settings changed.
         base_model_checked(str, str, str): reference, description, error ("" if none).
         output_dir_changed(str): the output folder changed.
@@ -290,6 +299,8 @@ class StudioController(QObject):
     images_checked = Signal(object)
     caption_saved = Signal(object, str)
     caption_failed = Signal(object, str, str)
+    captions_changed_on_disk = Signal(object)
+    captions_reloaded = Signal(object)
     config_changed = Signal(object)
     base_model_checked = Signal(str, str, str)
     output_dir_changed = Signal(str)
@@ -352,6 +363,8 @@ class StudioController(QObject):
         self._caption_pending: dict[Path, str] = {}
         self._caption_items: dict[Path, ImageItem] = {}
         self._caption_tasks: dict[Path, asyncio.Task[None]] = {}
+        self._caption_force: set[Path] = set()
+        self._disk_check: asyncio.Task[None] | None = None
         self._estimate_dirty = False
         self._estimate_task: asyncio.Task[None] | None = None
         self._base_model_generation = 0
@@ -573,12 +586,13 @@ class StudioController(QObject):
 
     # ---- captions ------------------------------------------------------------------------
 
-    def save_caption(self, path: Path, text: str) -> None:
+    def save_caption(self, path: Path, text: str, force: bool = False) -> None:
         """Save ``text`` as the caption of image ``path``, off the GUI thread.
 
         Edits of one image are written in order and coalesced: only the newest text of a
-        burst of edits is written. Answers with :attr:`caption_saved` or
-        :attr:`caption_failed`.
+        burst of edits is written. A file that another program changed since it was read
+        is not written over (:attr:`captions_changed_on_disk`) unless ``force``. Answers
+        with :attr:`caption_saved` or :attr:`caption_failed`.
         """
         item = self._items.get(path)
         if item is None:
@@ -586,6 +600,8 @@ class StudioController(QObject):
             return
         self._caption_items[path] = item
         self._caption_pending[path] = text
+        if force:
+            self._caption_force.add(path)
         if path not in self._caption_tasks:
             self._caption_tasks[path] = self._spawn(self._save_captions(path), "save a caption")
 
@@ -597,7 +613,22 @@ class StudioController(QObject):
                 try:
                     # Write through a copy: the live item is only updated here, on the
                     # GUI thread, once the file is safely on disk.
-                    saved = await asyncio.to_thread(write_caption, dataclasses.replace(item), text)
+                    force = path in self._caption_force
+                    self._caption_force.discard(path)
+                    saved = await asyncio.to_thread(
+                        functools.partial(
+                            write_caption_checked,
+                            dataclasses.replace(item),
+                            text,
+                            item.caption,
+                            force=force,
+                        )
+                    )
+                except CaptionChangedOnDisk as exc:
+                    self.caption_failed.emit(path, text, str(exc))
+                    self.captions_changed_on_disk.emit({path: exc.disk_text})
+                    self._say(WARNING, str(exc))
+                    continue
                 except CaptionError as exc:
                     self.caption_failed.emit(path, text, str(exc))
                     self._say(
@@ -612,6 +643,44 @@ class StudioController(QObject):
                 self._say(INFO, f"Saved the caption of {item.name}.")
         finally:
             self._caption_tasks.pop(path, None)
+
+    def check_captions_on_disk(self) -> None:
+        """Look (off the GUI thread) for caption files that another program changed; answers
+        with :attr:`captions_changed_on_disk` when there are some."""
+        if self._disk_check is None or self._disk_check.done():
+            self._disk_check = self._spawn(self._check_captions_on_disk(), "check captions")
+
+    async def _check_captions_on_disk(self) -> None:
+        items = self._items
+        known = [
+            (dataclasses.replace(item), item.caption)
+            for path, item in items.items()
+            if path not in self._caption_tasks
+        ]
+        changed = await asyncio.to_thread(captions_changed_on_disk, known)
+        # A save that ran meanwhile wrote its own text: that is no outside change.
+        changed = {
+            path: text
+            for path, text in changed.items()
+            if path in items
+            and items is self._items
+            and path not in self._caption_tasks
+            and (items[path].caption or "").strip() != (text or "").strip()
+        }
+        if changed:
+            self.captions_changed_on_disk.emit(changed)
+
+    def reload_captions(self, captions: dict[Path, str | None]) -> None:
+        """Take these captions from disk (what :attr:`captions_changed_on_disk` found) as
+        the images' captions; answers with :attr:`captions_reloaded`."""
+        taken = {}
+        for path, text in captions.items():
+            item = self._items.get(path)
+            if item is not None and path not in self._caption_tasks:
+                item.caption = text
+                taken[path] = text
+        if taken:
+            self.captions_reloaded.emit(taken)
 
     async def flush_captions(self) -> None:
         """Wait until every caption save under way has finished."""

@@ -128,11 +128,14 @@ class DatasetModel(QAbstractTableModel):
             changed.
         proposals_changed(): proposals were added, accepted, rejected, or their state
             changed (a caption was edited).
+        disk_changes_changed(): caption files changed by another program were found, or
+            reloaded / kept (:meth:`changed_on_disk`).
     """
 
     caption_edit_requested = Signal(object, str)
     counts_changed = Signal()
     proposals_changed = Signal()
+    disk_changes_changed = Signal()
 
     def __init__(
         self, thumbnails: ThumbnailLoader | None = None, parent: QObject | None = None
@@ -153,6 +156,7 @@ class DatasetModel(QAbstractTableModel):
         self._validation_progress: tuple[int, int] | None = None
         self._proposals: dict[Path, Proposal] = {}
         self._provenance: dict[Path, Provenance] = {}
+        self._on_disk: dict[Path, str | None] = {}
         # Each item's worst problem, worked out when first asked (problems() asks for all
         # 10,000 on every count update); a row's entry goes when the row changes.
         self._worst_cache: dict[Path, Issue | None] = {}
@@ -187,6 +191,7 @@ class DatasetModel(QAbstractTableModel):
         had_proposals = bool(self._proposals)
         self._proposals = {}
         self._provenance = {}
+        self._on_disk = {}
         # Reopening a folder is how a user refreshes it: thumbnails come back from the
         # disk cache, which notices changed files (keyed by mtime and size).
         self._icons.clear()
@@ -274,6 +279,57 @@ class DatasetModel(QAbstractTableModel):
         return buckets_summary(
             self._placements[i.path] for i in self._items if i.path in self._placements
         )
+
+    # ---- caption edits (the caption grid's undo commands go through these) ----------------
+
+    def caption_text(self, path: Path) -> str:
+        """The caption shown for ``path`` now (an edit not saved yet included)."""
+        row = self._rows.get(path)
+        return self._caption_text(self._items[row]) if row is not None else ""
+
+    def captions(self) -> dict[Path, str]:
+        """Every image's caption as shown now, in row order."""
+        return {item.path: self._caption_text(item) for item in self._items}
+
+    def set_captions(self, captions: dict[Path, str]) -> None:
+        """Show and save these captions (a batch edit, an undo): :meth:`setData` for each."""
+        for path, text in captions.items():
+            row = self._rows.get(path)
+            if row is not None:
+                self.setData(self.index(row, Column.CAPTION), text)
+
+    def changed_on_disk(self) -> dict[Path, str | None]:
+        """Caption files another program changed: path -> the text on disk now."""
+        return dict(self._on_disk)
+
+    def mark_changed_on_disk(self, captions: dict[Path, str | None]) -> None:
+        """The controller found these caption files changed by another program."""
+        changed = [p for p in captions if p in self._rows]
+        for path in changed:
+            self._on_disk[path] = captions[path]
+        self.refresh(changed)
+        if changed:
+            self.disk_changes_changed.emit()
+
+    def forget_disk_changes(self, paths: list[Path]) -> None:
+        """These files' outside changes were dealt with (the user kept their text)."""
+        for path in paths:
+            self._on_disk.pop(path, None)
+        self.refresh([p for p in paths if p in self._rows])
+        self.disk_changes_changed.emit()
+
+    def captions_reloaded(self, captions: dict[Path, str | None]) -> None:
+        """These captions were taken from disk (the items already updated): any edit of
+        them not saved is dropped."""
+        for path in captions:
+            self._on_disk.pop(path, None)
+            self._pending.pop(path, None)
+            self._save_errors.pop(path, None)
+            self._states.pop(path, None)
+        self.refresh([p for p in captions if p in self._rows])
+        self.disk_changes_changed.emit()
+        if any(p in self._proposals for p in captions):
+            self.proposals_changed.emit()
 
     # ---- proposals ------------------------------------------------------------------------
 
@@ -606,6 +662,8 @@ class DatasetModel(QAbstractTableModel):
         state = self.caption_state(item.path)
         problem = self._problem(item)
         if role == Qt.ItemDataRole.DisplayRole:
+            if item.path in self._on_disk:
+                return "\u26a0 Changed on disk"
             if state is CaptionState.FAILED:
                 return "\u26a0 Not saved"
             if state is CaptionState.SAVING:
@@ -624,6 +682,8 @@ class DatasetModel(QAbstractTableModel):
                 return "Saved \u2713"
             return ""
         if role == Qt.ItemDataRole.ForegroundRole:
+            if item.path in self._on_disk:
+                return QBrush(artwork.WARNING)
             if state is CaptionState.FAILED or self._unreadable(item):
                 return QBrush(artwork.ERROR)
             view = self.proposal_view(item.path)
@@ -636,6 +696,13 @@ class DatasetModel(QAbstractTableModel):
                 return QBrush(artwork.WARNING)
             return QBrush(artwork.MUTED)
         if role == Qt.ItemDataRole.ToolTipRole:
+            if item.path in self._on_disk:
+                disk = self._on_disk[item.path]
+                return (
+                    "Another program changed this caption file:\n"
+                    f"{disk if disk is not None else '(deleted)'}\n"
+                    "Reload it, or keep the caption shown here (the bar above the grid)."
+                )
             error = self._save_errors.get(item.path)
             if error:
                 return f"{error}\nYour text is kept here; edit the caption again to retry."

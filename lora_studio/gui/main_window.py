@@ -64,6 +64,7 @@ from lora_studio.gui.backend_panel import KEY_BACKEND, BackendChoice, BackendPan
 from lora_studio.gui.caption_controller import CaptionController
 from lora_studio.gui.caption_dialog import CaptionRunDialog
 from lora_studio.gui.caption_grid import CaptionGrid
+from lora_studio.gui.caption_watch import CaptionWatcher
 from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController, sample_copy_dir
 from lora_studio.gui.dataset_browser import DatasetBrowser
 from lora_studio.gui.dataset_model import Column, DatasetModel
@@ -220,6 +221,8 @@ class MainWindow(QMainWindow):
         self.frames_dialog: FramesDialog | None = None
         self.message_bar = MessageBar()
         self.captions = CaptionController(controller, parent=self)
+        self.caption_watcher = CaptionWatcher(controller, self)
+        self.caption_grid.set_training(controller.config.trigger_word, controller.config.family)
         self.caption_dialog: CaptionRunDialog | None = None
         self.settings_dialog: SettingsDialog | None = None
         self.preset_library = PresetLibrary(self)
@@ -305,6 +308,13 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.quit_action)
 
         edit_menu = self.menuBar().addMenu("&Edit")
+        for action in self.caption_grid.edit_actions():
+            if action is None:
+                edit_menu.addSeparator()
+            else:
+                edit_menu.addAction(action)
+        edit_menu.addMenu(self.caption_grid.batch_menu)
+        edit_menu.addSeparator()
         self.settings_action = QAction("&Settings\u2026", self)
         self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
         self.settings_action.setShortcut(QKeySequence.StandardKey.Preferences)
@@ -337,6 +347,10 @@ class MainWindow(QMainWindow):
         c.dataset_validated.connect(self.dataset_model.set_validation)
         c.caption_saved.connect(self.dataset_model.caption_saved)
         c.caption_failed.connect(self.dataset_model.caption_failed)
+        c.captions_changed_on_disk.connect(self.dataset_model.mark_changed_on_disk)
+        c.captions_reloaded.connect(self.dataset_model.captions_reloaded)
+        self.caption_grid.reload_requested.connect(c.reload_captions)
+        self.caption_grid.keep_requested.connect(self._keep_captions)
         c.config_changed.connect(self._on_config_changed)
         c.base_model_checked.connect(self._on_base_model_checked)
         c.output_dir_changed.connect(self._on_output_dir_changed)
@@ -589,6 +603,11 @@ class MainWindow(QMainWindow):
         if dataset is self.dataset_model.dataset:
             self.dataset_model.set_proposals(proposals, provenance)  # type: ignore[arg-type]
 
+    def _keep_captions(self, captions: dict[Path, str]) -> None:
+        """Save the captions shown over files another program changed (the user chose)."""
+        for path, text in captions.items():
+            self.controller.save_caption(path, text, force=True)
+
     def select_image(self, row: int) -> None:
         """Select the image in ``row`` in both the browser and the caption grid."""
         index = self.browser.view_index(row)
@@ -672,6 +691,7 @@ class MainWindow(QMainWindow):
 
     def _on_config_changed(self, config: LoraConfig) -> None:
         self.preset_form.set_config(config)
+        self.caption_grid.set_training(config.trigger_word, config.family)
         app_settings.remember_config(self.settings, config)
 
     def _on_base_model_checked(self, ref: str, description: str, error: str) -> None:

@@ -10,9 +10,12 @@ from hypothesis import strategies as st
 
 from lora_studio.core.config import ModelFamily
 from lora_studio.core.tags import (
+    BatchEdit,
+    BatchKind,
     TagPatternError,
     add_tag,
     compile_find,
+    cut_index,
     dedupe_tags,
     estimate_tokens,
     find_matches,
@@ -151,3 +154,29 @@ def test_trigger_first_never_doubles(caption: str, trigger: str) -> None:
     assert trigger_first(result, trigger) == result
     key = trigger.casefold().rstrip(" .;:!?")
     assert sum(1 for t in parse_tags(result) if t.casefold().rstrip(" .;:!?") == key) <= 1
+
+
+def test_batch_edit_plans_only_the_changes() -> None:
+    captions = {"a.png": "sks, red hair", "b.png": "blue hair", "c.png": "a cat"}
+    plan = BatchEdit(BatchKind.REPLACE, find=r"(\w+) hair", replace=r"\1-haired", regex=True).plan(
+        captions
+    )
+    assert plan == {
+        "a.png": ("sks, red hair", "sks, red-haired"),
+        "b.png": ("blue hair", "blue-haired"),
+    }
+    assert BatchEdit(BatchKind.ADD, tag="sks", position=0).plan(captions) == {
+        "b.png": ("blue hair", "sks, blue hair"),
+        "c.png": ("a cat", "sks, a cat"),
+    }
+    assert BatchEdit(BatchKind.DEDUPE).plan(captions) == {}
+    with pytest.raises(TagPatternError, match="replacement"):
+        BatchEdit(BatchKind.REPLACE, find="(x)", replace=r"\3", regex=True).plan(captions)
+    with pytest.raises(TagPatternError, match="Type the tag"):
+        BatchEdit(BatchKind.REMOVE, tag=" ").plan(captions)
+
+
+def test_cut_index_is_where_the_estimate_passes_the_limit() -> None:
+    text = "word " * 80
+    assert cut_index(text, 75) == 75 * 5
+    assert cut_index("a short caption", 75) is None

@@ -1,0 +1,75 @@
+"""Caption files that another program may change while the app has them open.
+
+The app knows each caption as it last read or wrote it (``ImageItem.caption``). Before a
+save, :func:`write_caption_checked` reads the file again: when it no longer holds what the
+app knew (another editor saved it meanwhile) the save is refused with
+:class:`CaptionChangedOnDisk`, which carries what is on disk, so the user can reload it or
+keep their own text on purpose (``force=True``). :func:`captions_changed_on_disk` finds
+such files for a folder watcher. Blocking I/O: call both off the GUI thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from lora_studio.core.dataset import ImageItem, read_item_caption, write_caption
+from lora_studio.core.errors import CaptionError, DatasetError
+
+
+class CaptionChangedOnDisk(CaptionError):
+    """The caption file was changed by another program since the app read it.
+
+    Attributes:
+        disk_text: the caption on disk now (``None``: the file is gone).
+    """
+
+    def __init__(self, message: str, disk_text: str | None) -> None:
+        super().__init__(message)
+        self.disk_text = disk_text
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return (a or "").strip() == (b or "").strip()
+
+
+def disk_caption(item: ImageItem) -> str | None:
+    """``item``'s caption as it is on disk now; ``None`` when it has none or it cannot be
+    read (an unreadable file is reported elsewhere and never counts as a change)."""
+    try:
+        return read_item_caption(item)
+    except DatasetError:
+        return item.caption
+
+
+def write_caption_checked(
+    item: ImageItem, text: str, known: str | None, *, force: bool = False
+) -> ImageItem:
+    """:func:`write_caption`, unless the file changed since the app read ``known`` from it.
+
+    Raises:
+        CaptionChangedOnDisk: the file holds neither ``known`` nor ``text`` (and not
+            ``force``): it was changed by another program; nothing was written. A file
+            that was deleted is written again.
+        CaptionError: the file cannot be written.
+    """
+    if not force:
+        on_disk = disk_caption(item)
+        # A file deleted meanwhile holds nothing to lose: the save writes it again.
+        if on_disk is not None and not _same(on_disk, known) and not _same(on_disk, text):
+            raise CaptionChangedOnDisk(
+                f"The caption of {item.name} was changed by another program; your text "
+                f"was not saved over it. Reload it, or keep yours.",
+                on_disk,
+            )
+    return write_caption(item, text)
+
+
+def captions_changed_on_disk(items: Iterable[tuple[ImageItem, str | None]]) -> dict:
+    """The captions that differ on disk from what the app knows: ``{path: disk text}``
+    for each ``(item, known caption)`` whose file changed."""
+    changed: dict = {}
+    for item, known in items:
+        on_disk = disk_caption(item)
+        if not _same(on_disk, known):
+            changed[item.path] = on_disk
+    return changed

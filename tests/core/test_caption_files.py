@@ -1,0 +1,44 @@
+"""A caption file changed by another program is not written over (no Qt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lora_studio.core.caption_files import (
+    CaptionChangedOnDisk,
+    captions_changed_on_disk,
+    write_caption_checked,
+)
+from lora_studio.core.dataset import ImageItem
+
+
+def _item(tmp_path: Path, caption: str | None) -> ImageItem:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    if caption is not None:
+        (tmp_path / "a.txt").write_text(caption + "\n", encoding="utf-8")
+    return ImageItem(image, caption=caption)
+
+
+def test_a_save_over_an_outside_change_is_refused_unless_forced(tmp_path: Path) -> None:
+    item = _item(tmp_path, "mine")
+    (tmp_path / "a.txt").write_text("theirs\n", encoding="utf-8")
+    assert captions_changed_on_disk([(item, "mine")]) == {item.path: "theirs"}
+    with pytest.raises(CaptionChangedOnDisk) as caught:
+        write_caption_checked(item, "new", "mine")
+    assert caught.value.disk_text == "theirs"
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "theirs\n"
+    write_caption_checked(item, "new", "mine", force=True)
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "new\n"
+
+
+def test_unchanged_and_deleted_files_are_written(tmp_path: Path) -> None:
+    item = _item(tmp_path, "mine")
+    assert captions_changed_on_disk([(item, "mine")]) == {}
+    write_caption_checked(item, "next", "mine")
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "next\n"
+    (tmp_path / "a.txt").unlink()
+    write_caption_checked(item, "again", "next")
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "again\n"
