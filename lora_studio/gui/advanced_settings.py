@@ -25,6 +25,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFontMetrics, QMouseEvent
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
+    QApplication,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -437,7 +438,7 @@ def field_error_label(name: str) -> QLabel:
     label = QLabel()
     label.setObjectName(f"error_{name}")
     label.setWordWrap(True)
-    label.setStyleSheet(f"color: {artwork.ERROR.name()};")
+    label.setStyleSheet(f"color: {artwork.error_color(QApplication.palette()).name()};")
     label.hide()
     return label
 
@@ -475,7 +476,7 @@ class Disclosure(QWidget):
         self.button.toggled.connect(self._on_toggled)
         self.button.clicked.connect(self._on_clicked)
         self.summary = ElidedLabel()
-        self.summary.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        self.summary.setStyleSheet(f"color: {artwork.muted_color(self.palette()).name()};")
         head = QHBoxLayout()
         head.setContentsMargins(0, 0, 0, 0)
         head.setSpacing(6)

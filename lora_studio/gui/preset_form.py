@@ -20,6 +20,7 @@ from typing import Any
 from PySide6.QtCore import QPoint, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
+    QApplication,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -66,7 +67,11 @@ from lora_studio.gui.estimate_panel import (  # noqa: F401 - the form's helpers 
 )
 from lora_studio.gui.preset_changes import PresetChangesView, preset_changes
 
-_INVALID_STYLE = f"border: 1px solid {artwork.ERROR.name()}; border-radius: 2px;"
+
+def _invalid_style(widget: QWidget) -> str:
+    return f"border: 1px solid {artwork.error_color(widget.palette()).name()}; border-radius: 2px;"
+
+
 _PRECISION_LABELS = {
     MixedPrecision.NO: "no (fp32)",
     MixedPrecision.FP16: "fp16",
@@ -234,7 +239,9 @@ class PresetForm(QWidget):
         self.changes_view: PresetChangesView | None = None
         self.preset_description = QLabel()
         self.preset_description.setWordWrap(True)
-        self.preset_description.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        self.preset_description.setStyleSheet(
+            f"color: {artwork.muted_color(self.palette()).name()};"
+        )
 
         self.name_edit = self._line("name")
         self.trigger_edit = self._line("trigger_word")
@@ -280,7 +287,7 @@ class PresetForm(QWidget):
 
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet(f"color: {artwork.ERROR.name()};")
+        self.error_label.setStyleSheet(f"color: {artwork.error_color(self.palette()).name()};")
         self.error_label.hide()
 
         # One grid for everything, no group boxes: the whole form fits without scrolling
@@ -376,7 +383,11 @@ class PresetForm(QWidget):
             "#trainButton { background: #3f51b5; color: white; font-size: 15pt; font-weight: bold;"
             " border: none; border-radius: 6px; }"
             "#trainButton:hover { background: #5c6bc0; }"
-            "#trainButton:disabled { background: #c5cae9; color: #f5f5f5; }"
+            + (
+                "#trainButton:disabled { background: #3a3f5c; color: #8f93a8; }"
+                if artwork.is_dark(QApplication.palette())
+                else "#trainButton:disabled { background: #c5cae9; color: #f5f5f5; }"
+            )
         )
         self.train_button.clicked.connect(self.train_requested)
 
@@ -538,11 +549,15 @@ class PresetForm(QWidget):
         self._base_model_error = error
         if error:
             self.base_model_status.setText(f"\u26a0 {error}")
-            self.base_model_status.setStyleSheet(f"color: {artwork.ERROR.name()};")
-            self.base_model_edit.setStyleSheet(_INVALID_STYLE)
+            self.base_model_status.setStyleSheet(
+                f"color: {artwork.error_color(self.palette()).name()};"
+            )
+            self.base_model_edit.setStyleSheet(_invalid_style(self))
         else:
             self.base_model_status.setText(description)
-            self.base_model_status.setStyleSheet(f"color: {artwork.MUTED.name()};")
+            self.base_model_status.setStyleSheet(
+                f"color: {artwork.muted_color(self.palette()).name()};"
+            )
             self.base_model_edit.setStyleSheet("")
         self._update_train_button()
 
@@ -625,10 +640,14 @@ class PresetForm(QWidget):
         for name, widget in self._fields.items():
             if (name in errors) == (name in previous):
                 continue  # restyling every field on every keystroke would flicker
-            widget.setStyleSheet(_INVALID_STYLE if name in errors else "")
+            widget.setStyleSheet(_invalid_style(self) if name in errors else "")
             label = self._labels.get(name)
             if label is not None:
-                label.setStyleSheet(f"color: {artwork.ERROR.name()};" if name in errors else "")
+                label.setStyleSheet(
+                    f"color: {artwork.error_color(self.palette()).name()};"
+                    if name in errors
+                    else ""
+                )
         for name, error_label in self._error_labels.items():
             error_label.setText(errors.get(name, ""))
             error_label.setVisible(name in errors)
@@ -825,7 +844,8 @@ def _caption(text: str, buddy: QWidget) -> QLabel:
 def _rule() -> QFrame:
     line = QFrame()
     line.setFrameShape(QFrame.Shape.HLine)
-    line.setStyleSheet("color: #dddddd;")
+    dark = artwork.is_dark(QApplication.palette())
+    line.setStyleSheet(f"color: {'#4a4a4e' if dark else '#dddddd'};")
     return line
 
 

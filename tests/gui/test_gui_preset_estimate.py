@@ -174,3 +174,20 @@ def test_window_warns_for_the_gpu_found_and_a_fix_reaches_the_controller(
         assert window.preset_form.field("batch_size").value() == 1
 
     run(qloop, scenario())
+
+
+def test_the_form_is_drawn_for_a_dark_system_palette(qtbot, qapp) -> None:
+    previous = qapp.palette()
+    qapp.setPalette(dark_palette())
+    try:
+        form = PresetForm(SDXL)
+        qtbot.addWidget(form)
+        form.set_image_count(40)
+        form.estimate_panel.set_gpu(GpuInfo("Small GPU", 8.0))
+        form.set_estimate(sdxl_estimate())
+        assert artwork.MUTED_ON_DARK.name() in form.preset_description.styleSheet()
+        assert "#3a3f5c" in form.train_button.styleSheet()  # not the light lavender
+        assert "#262b45" in form.estimate_panel.styleSheet()
+        assert not form.grab().isNull()
+    finally:
+        qapp.setPalette(previous)
