@@ -235,6 +235,7 @@ class CaptionEditor(QPlainTextEdit):
         self.timer.timeout.connect(self.autosave)
         self.tokens = QLabel(self)
         self.tokens.setObjectName("token_counter")
+        self.tokens.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.tokens.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents, False)
         self.textChanged.connect(self._on_text_changed)
         self._update_tokens()
@@ -301,9 +302,10 @@ class CaptionEditor(QPlainTextEdit):
             popup.hide()  # typed in full already
             return
         popup.setCurrentIndex(self.completer.completionModel().index(0, 0))
-        rect = self.cursorRect()
-        rect.setWidth(max(240, self.width() // 2))
-        self.completer.complete(rect)
+        # Below the editor (the popup opens under this rectangle), at the cursor's x: the
+        # text and the token count stay in view.
+        left = min(self.cursorRect().left(), max(0, self.width() - 240))
+        self.completer.complete(QRect(left, 0, max(240, self.width() // 2), self.height()))
 
     def _on_text_changed(self) -> None:
         self.timer.start()
@@ -316,7 +318,7 @@ class CaptionEditor(QPlainTextEdit):
         self.tokens.setText(f"\u2248{count}/{self.limit.limit}")
         color = artwork.ERROR if over else artwork.MUTED
         self.tokens.setStyleSheet(
-            f"color: {color.name()}; background: palette(base); padding: 0 2px;"
+            f"color: {color.name()}; background: palette(base); padding: 0 4px;"
             + (" font-weight: bold;" if over else "")
         )
         tip = (
@@ -329,15 +331,16 @@ class CaptionEditor(QPlainTextEdit):
             lost = lost if len(lost) <= 200 else lost[:200] + "\u2026"
             tip += f"\nCut off: \u201c{lost}\u201d"
         self.tokens.setToolTip(tip)
-        self.tokens.adjustSize()
         self._place_tokens()
 
     def _place_tokens(self) -> None:
-        frame = self.frameWidth()
-        self.tokens.move(
-            self.width() - self.tokens.width() - frame - 2,
-            self.height() - self.tokens.height() - frame - 1,
-        )
+        # A strip under the text, as wide as the editor, so the count never covers what
+        # is typed (and nothing behind the editor shows through).
+        height = self.tokens.sizeHint().height()
+        if self.viewportMargins().bottom() != height:
+            self.setViewportMargins(0, 0, 0, height)
+        area = self.viewport().geometry()
+        self.tokens.setGeometry(area.left(), area.bottom() + 1, area.width(), height)
 
     def resizeEvent(self, event: object) -> None:  # noqa: N802
         super().resizeEvent(event)  # type: ignore[arg-type]
@@ -731,7 +734,7 @@ class CaptionGrid(QWidget):
         self.splitter.setStretchFactor(0, 4)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setChildrenCollapsible(False)
-        self.splitter.setSizes([600, 170])
+        self.splitter.setSizes([620, 230])
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)

@@ -43,7 +43,10 @@ class TagCountModel(QStandardItemModel):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(0, 2, parent)
-        self.setHorizontalHeaderLabels(["Tag", "Images"])
+        self.setHorizontalHeaderLabels(["Tag", "#"])
+        self.setHeaderData(
+            1, Qt.Orientation.Horizontal, "Images with the tag", Qt.ItemDataRole.ToolTipRole
+        )
         self.counts: dict[str, int] = {}
 
     def set_counts(self, counts: dict[str, int]) -> None:
@@ -103,6 +106,9 @@ class TagList(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(22)
         self.table.setShowGrid(False)
         self.table.setAlternatingRowColors(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setWordWrap(False)
+        self.setMinimumWidth(150)
         head = self.table.horizontalHeader()
         head.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         head.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
