@@ -1,4 +1,4 @@
-""""Test connection" for the Settings dialog: ask each service what it is and who we are.
+"""The Settings dialog's "Test connection": ask each service what it is and who we are.
 
 Plain ``async`` functions over httpx (no Qt); each answers a :class:`CheckResult` and never
 raises for the service's sake: an unreachable server, a refused token or an odd answer is
@@ -167,6 +167,7 @@ async def check_openai(base_url: str, api_key: str | None = None) -> CheckResult
         return CheckResult(True, f"{_host(base)} answered but lists no models.")
     shown = ", ".join(models[:5]) + (f" and {len(models) - 5} more" if len(models) > 5 else "")
     return CheckResult(
-        True, f"{_host(base)} offers {len(models)} model{'s' if len(models) > 1 else ''}: {shown}.",
+        True,
+        f"{_host(base)} offers {len(models)} model{'s' if len(models) > 1 else ''}: {shown}.",
         models,
     )

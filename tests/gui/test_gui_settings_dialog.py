@@ -236,9 +236,7 @@ def test_without_a_keyring_the_fallback_warning_is_shown(
             dialog = make_dialog(qtbot, tmp_path, SettingsValues())
             dialog.token_edits[HUGGINGFACE].setText(HF_TOKEN)
             dialog.findChild(type(dialog.rows[HUGGINGFACE].button), "save_huggingface").click()
-            await wait_until(
-                lambda: "tokens.json" in dialog.note.text(), 10, what="the warning"
-            )
+            await wait_until(lambda: "tokens.json" in dialog.note.text(), 10, what="the warning")
             assert "no keyring" in dialog.note.text()
             assert "tokens.json" in dialog.token_labels[HUGGINGFACE].text()
 
