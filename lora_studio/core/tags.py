@@ -209,6 +209,37 @@ def tag_counts(captions: Iterable[str]) -> dict[str, int]:
     return {spelling[k]: n for k, n in ordered if k}
 
 
+class TagCounter:
+    """:func:`tag_counts` that remembers each caption's tags, so counting again after a
+    few edits of a big dataset only parses the changed captions."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[tuple[str, str], ...]] = {}
+
+    def _tags(self, caption: str) -> tuple[tuple[str, str], ...]:
+        found = self._parsed.get(caption)
+        if found is None:
+            seen: dict[str, str] = {}
+            for t in parse_tags(caption):
+                seen.setdefault(tag_key(t), t)
+            found = tuple(seen.items())
+            self._parsed[caption] = found
+        return found
+
+    def count(self, captions: Iterable[str]) -> dict[str, int]:
+        texts = list(captions)
+        if len(self._parsed) > 2 * len(texts) + 1000:
+            self._parsed = {}  # forget captions edited away
+        counts: collections.Counter[str] = collections.Counter()
+        spelling: dict[str, str] = {}
+        for caption in texts:
+            for key, tag in self._tags(caption):
+                spelling.setdefault(key, tag)
+                counts[key] += 1
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return {spelling[k]: n for k, n in ordered if k}
+
+
 def tag_under_cursor(text: str, cursor: int) -> tuple[int, int]:
     """``(start, end)`` of the tag that ``cursor`` is in: from after the previous comma
     (and its spaces) to the cursor. The completer replaces that span."""

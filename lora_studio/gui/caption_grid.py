@@ -36,6 +36,7 @@ row and in a bar above the grid that offers to reload it or keep the text shown 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,11 +91,11 @@ from PySide6.QtWidgets import (
 from lora_studio.core.proposals import ProposalState, ProposalView
 from lora_studio.core.tags import (
     BatchKind,
+    TagCounter,
     TokenLimit,
     cut_index,
     estimate_tokens,
     has_tag,
-    tag_counts,
     tag_under_cursor,
     token_limit,
 )
@@ -229,6 +230,7 @@ class CaptionEditor(QPlainTextEdit):
         self.session = new_session()
         self.limit = limit or token_limit(None)
         self.completer: QCompleter | None = None
+        self._popup_closed = 0.0
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.setInterval(AUTOSAVE_MS)
@@ -249,6 +251,28 @@ class CaptionEditor(QPlainTextEdit):
         self.completer = completer
         completer.setWidget(self)
         completer.activated[str].connect(self.insert_completion)
+        completer.popup().installEventFilter(self)
+
+    def completing(self) -> bool:
+        """The completions are shown, or were closed a moment ago: a focus change now is
+        theirs, not the user leaving the editor."""
+        popup = self.completer.popup() if self.completer is not None else None
+        if popup is None:
+            return False
+        return popup.isVisible() or time.monotonic() - self._popup_closed < 0.3
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.Hide:
+            self._popup_closed = time.monotonic()
+            # Some platforms leave no window active when a popup closes: take it back.
+            if self.isVisible() and not self.hasFocus():
+                QTimer.singleShot(0, self, self._refocus)
+        return False
+
+    def _refocus(self) -> None:
+        if self.isVisible():
+            self.activateWindow()
+            self.setFocus(Qt.FocusReason.PopupFocusReason)
 
     def insert_completion(self, tag: str) -> None:
         """Replace the tag under the cursor (as far as it is typed) with ``tag``."""
@@ -369,6 +393,7 @@ class CaptionDelegate(QStyledItemDelegate):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.commit: CommitFn | None = None
+        self.before_edit: Callable[[], None] | None = None  # the completer's tags up to date
         self.completer: QCompleter | None = None
         self.limit = token_limit(None)
         self.editor: CaptionEditor | None = None  # the open one
@@ -430,6 +455,8 @@ class CaptionDelegate(QStyledItemDelegate):
     def createEditor(  # noqa: N802
         self, parent: QWidget, option: QStyleOptionViewItem, index: Index
     ) -> QWidget:
+        if self.before_edit is not None:
+            self.before_edit()
         editor = CaptionEditor(parent, self.limit)
         editor.installEventFilter(self)
         if self.completer is not None:
@@ -487,6 +514,12 @@ class CaptionDelegate(QStyledItemDelegate):
         editor.setGeometry(rect)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+        if (
+            isinstance(watched, CaptionEditor)
+            and event.type() == QEvent.Type.FocusOut
+            and watched.completing()
+        ):
+            return False  # the completions took the focus: keep editing
         if isinstance(watched, CaptionEditor) and event.type() == QEvent.Type.KeyPress:
             assert isinstance(event, QKeyEvent)
             key = event.key()
@@ -671,6 +704,7 @@ class CaptionGrid(QWidget):
         self.table.setModel(self.proxy)
         self.delegate = CaptionDelegate(self.table)
         self.delegate.commit = self._commit_typed
+        self.delegate.before_edit = self.recount_if_needed
         self.delegate.navigate.connect(self._navigate_from_editor)
         self.delegate.cancelled.connect(self._editor_cancelled)
         self.delegate.typing.connect(self._update_state)
@@ -749,8 +783,11 @@ class CaptionGrid(QWidget):
         self._recount.setSingleShot(True)
         self._recount.setInterval(RECOUNT_MS)
         self._recount.timeout.connect(self.recount_tags)
-        model.dataChanged.connect(self._recount.start)
-        model.modelReset.connect(self._recount.start)
+        self._counter = TagCounter()
+        model.dataChanged.connect(self._on_data_changed)
+        model.modelReset.connect(self._tags_changed)
+        self._tags_dirty = True
+        self.tags_button.toggled.connect(lambda on: on and self.recount_if_needed())
         model.disk_changes_changed.connect(self._update_disk_bar)
         model.modelReset.connect(self._update_disk_bar)
         self.undo_stack.cleanChanged.connect(self._update_state)
@@ -998,10 +1035,27 @@ class CaptionGrid(QWidget):
         completer.setMaxVisibleItems(8)
         return completer
 
+    def _on_data_changed(self, first: QModelIndex, last: QModelIndex, *_: object) -> None:
+        # Thumbnails arriving (the image column) change no tag.
+        if first.column() <= Column.CAPTION <= last.column():
+            self._tags_changed()
+
+    def _tags_changed(self, *_: object) -> None:
+        # Counted when someone looks: the list is shown, an editor or a batch edit opens
+        # (the first count of 10,000 captions takes a moment).
+        self._tags_dirty = True
+        if self.tag_list.isVisible():
+            self._recount.start()
+
+    def recount_if_needed(self) -> None:
+        if self._tags_dirty:
+            self.recount_tags()
+
     def recount_tags(self) -> None:
         """Count the tags of every caption shown now (the tag list, the completer)."""
         self._recount.stop()
-        self.tag_model.set_counts(tag_counts(self.model.captions().values()))
+        self._tags_dirty = False
+        self.tag_model.set_counts(self._counter.count(self.model.captions().values()))
 
     def set_training(self, trigger_word: str, family: object) -> None:
         """The training config's trigger word (batch edits) and model family (the token
@@ -1034,7 +1088,7 @@ class CaptionGrid(QWidget):
 
     def open_batch_dialog(self, kind: BatchKind = BatchKind.ADD) -> BatchEditDialog:
         """Open the batch edit dialog (not modal for tests: ``open()``), showing ``kind``."""
-        self.recount_tags()
+        self.recount_if_needed()
         shown_rows = [
             self.proxy.mapToSource(self.proxy.index(r, 0)).row()
             for r in range(self.proxy.rowCount())

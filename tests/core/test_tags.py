@@ -12,6 +12,7 @@ from lora_studio.core.config import ModelFamily
 from lora_studio.core.tags import (
     BatchEdit,
     BatchKind,
+    TagCounter,
     TagPatternError,
     add_tag,
     compile_find,
@@ -180,3 +181,10 @@ def test_cut_index_is_where_the_estimate_passes_the_limit() -> None:
     text = "word " * 80
     assert cut_index(text, 75) == 75 * 5
     assert cut_index("a short caption", 75) is None
+
+
+def test_the_counter_gives_the_same_counts_and_remembers_captions() -> None:
+    captions = ["sks, dog, Dog", "sks, cat", "a sentence."]
+    counter = TagCounter()
+    assert counter.count(captions) == tag_counts(captions)
+    assert counter.count([*captions, "cat"]) == {"sks": 2, "cat": 2, "a sentence.": 1, "dog": 1}

@@ -180,7 +180,13 @@ def test_typing_autosaves_within_a_second_as_one_undo_step_and_esc_undoes_it(
     started = time.monotonic()
     _wait(qloop, lambda: _caption(papercut, 5).endswith("tumbleweed"), "the autosave", 5)
     assert time.monotonic() - started < 1.0 + AUTOSAVE_MS / 1000
-    QTest.keyClicks(editor, ", cactus")
+    # "ca" pops up completions ("calm lake at sunset"), "ctus" closes them: the editor
+    # stays open through that and goes on saving.
+    QTest.keyClicks(editor, ", ca")
+    assert grid.completer.popup().isVisible()
+    QTest.keyClicks(editor, "ctus")
+    assert not grid.completer.popup().isVisible()
+    assert grid.delegate.editor is editor
     _wait(qloop, lambda: _caption(papercut, 5).endswith("cactus"), "the second autosave", 5)
     assert grid.undo_stack.count() == 1  # one step for one editing session
     _wait(qloop, lambda: _settled(window), "saved")
