@@ -62,8 +62,10 @@ class BackendType(enum.StrEnum):
 class Progress:
     """A snapshot of a job, the same for every backend.
 
-    ``loss_history`` holds at most :data:`MAX_HISTORY` points (older ones are thinned out),
-    so a snapshot stays cheap to copy across threads.
+    ``loss_history`` holds at most :data:`MAX_HISTORY` points (older ones are thinned out,
+    :func:`thin_history`), so a snapshot stays cheap to copy across threads.
+    ``lr_history`` is the learning rate at the same points, when the backend knows it
+    (empty otherwise; NaN where it is not known, e.g. the steps before a resume).
     """
 
     status: JobStatus = JobStatus.QUEUED
@@ -74,6 +76,7 @@ class Progress:
     loss: float | None = None
     loss_history: tuple[float, ...] = ()
     learning_rate: float | None = None
+    lr_history: tuple[float, ...] = ()
     elapsed_s: float = 0.0
     eta_s: float | None = None
     samples_per_s: float | None = None
@@ -115,7 +118,7 @@ class Progress:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["status"] = JobStatus(values.get("status", JobStatus.QUEUED))
-        for name in ("loss_history", "sample_paths", "log_tail"):
+        for name in ("loss_history", "lr_history", "sample_paths", "log_tail"):
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -123,6 +126,15 @@ class Progress:
 
 MAX_HISTORY = 1000
 LOG_TAIL = 200
+
+
+def thin_history(values: list[float], limit: int = MAX_HISTORY) -> tuple[float, ...]:
+    """Every k-th value so that at most ``limit`` remain (the same k for series of the
+    same length, so a loss and a learning-rate history stay aligned)."""
+    if len(values) <= limit:
+        return tuple(values)
+    stride = -(-len(values) // limit)
+    return tuple(values[::stride])
 
 
 @dataclass(frozen=True)

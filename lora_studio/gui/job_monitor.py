@@ -6,11 +6,19 @@ same whichever backend runs the job. Its Cancel button goes idle → running →
 (disabled) → idle. For runs that can pause (in-process ones) the Pause button goes
 "Pause" → "Pausing…" → (the run reports Paused) "Resume" → "Resuming…" → "Pause"; Cancel
 works throughout. A run that ended with a checkpoint behind it offers "Resume from step N".
+
+The header shows the status, a progress bar, the step, speed and ETA, and the elapsed time,
+which ticks each second while the run goes on and stops when it ends. The charts
+(:mod:`~lora_studio.gui.loss_curve`) draw the loss with its smoothing and the learning
+rate. The log follows its end, as a terminal does, unless the user scrolled up to read.
+A job picked in the jobs list is shown the same way, live or from its history.
 """
 
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +41,7 @@ from lora_studio.core.errors import ConfigError
 from lora_studio.core.jobs import Job, JobStatus, Progress
 from lora_studio.gui import artwork
 from lora_studio.gui.jobs_panel import JobsPanel
-from lora_studio.gui.loss_curve import LossCurve
+from lora_studio.gui.loss_curve import TrainingCharts
 from lora_studio.gui.sample_gallery import SampleGallery
 from lora_studio.gui.thumbnail_loader import ThumbnailLoader
 
@@ -96,6 +104,8 @@ def stats_text(progress: Progress) -> str:
         parts.append(f"loss {progress.loss:.4f}")
     if progress.step > 0 and progress.elapsed_s > 0:
         parts.append(f"{progress.step / progress.elapsed_s:.1f} it/s")
+    if progress.samples_per_s:
+        parts.append(f"{progress.samples_per_s:.1f} samples/s")
     if progress.is_finished():
         if progress.elapsed_s > 0:
             parts.append(f"took {format_clock(progress.elapsed_s)}")
@@ -159,6 +169,14 @@ class JobMonitor(QWidget):
         font.setPointSizeF(font.pointSizeF() * 1.35)
         font.setBold(True)
         self.status_label.setFont(font)
+        self.elapsed_label = QLabel("")
+        self.elapsed_label.setStyleSheet(f"color: {artwork.MUTED.name()};")
+        self.elapsed_label.setToolTip("Time since the run started (wall clock)")
+        self.elapsed_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        # The elapsed time ticks while a run goes on: (start, end) as time.time() values,
+        # the jobs list's clock, so both show the same second.
+        self._clock: tuple[float, float | None] | None = None
+        self._lr_points: dict[int, float] = {}
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip(
             "Stop the run after the current step; what was trained so far is saved"
@@ -209,33 +227,45 @@ class JobMonitor(QWidget):
         out.addWidget(self.open_folder_button)
         self.output_row.hide()
 
-        self.loss_curve = LossCurve()
+        self.charts = TrainingCharts()
+        self.loss_curve = self.charts.loss
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(2000)
-        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        # Lines as a terminal shows them: one per line, scroll sideways for long ones.
+        self.log_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
         mono.setPointSizeF(max(8.0, QFont().pointSizeF() * 0.9))
         self.log_view.setFont(mono)
         self.log_view.setPlaceholderText("Log lines of the run appear here")
+        # Follow the end of the log until the user scrolls away from it (and again once
+        # they scroll back to the end). Only the user's own scrolling counts.
+        self._log_follow = True
+        log_bar = self.log_view.verticalScrollBar()
+        log_bar.actionTriggered.connect(self._update_log_follow)
+        log_bar.sliderReleased.connect(self._update_log_follow)
         self.samples = SampleGallery(thumbnails)
         self.samples.hide()  # until a run draws samples
         body = QSplitter(Qt.Orientation.Horizontal)
-        body.addWidget(self.loss_curve)
+        body.addWidget(self.charts)
         body.addWidget(self.samples)
         body.addWidget(self.log_view)
-        body.setStretchFactor(0, 2)
+        body.setStretchFactor(0, 3)
         body.setStretchFactor(1, 2)
-        body.setStretchFactor(2, 3)
+        body.setStretchFactor(2, 2)
         body.setChildrenCollapsible(False)
         self.body = body
 
         self.jobs = JobsPanel()
+        self.jobs.ticked.connect(self._on_tick)  # one clock for the list and the header
         self.details = QWidget()
         layout = QVBoxLayout(self.details)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(head)
-        layout.addWidget(self.status_label)
+        status_row = QHBoxLayout()
+        status_row.addWidget(self.status_label, 1)
+        status_row.addWidget(self.elapsed_label)
+        layout.addLayout(status_row)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.stats_label)
         layout.addWidget(self.error_label)
@@ -246,7 +276,7 @@ class JobMonitor(QWidget):
         self.splitter.addWidget(self.details)
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 5)
-        self.splitter.setSizes([560, 870])
+        self.splitter.setSizes([580, 850])
         self.splitter.setChildrenCollapsible(False)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(6, 6, 6, 6)
@@ -325,8 +355,10 @@ class JobMonitor(QWidget):
             self._local_shown = True
             self._reset()
             self.status_label.setText("Starting\u2026")
+            self._start_clock()
             self._set_state(MonitorState.STARTING)
         elif not active:
+            self._stop_clock()
             self._set_state(MonitorState.IDLE)
 
     @property
@@ -362,6 +394,12 @@ class JobMonitor(QWidget):
         self._local_shown = False
         self._reset()
         self._describe(job)
+        history = progress is None
+        if job.started_at is not None and job.status.is_finished:
+            end = job.finished_at or job.updated_at
+            self._stop_clock(max(0.0, end - job.started_at))
+        elif job.started_at is not None and job.status is not JobStatus.QUEUED:
+            self._start_clock(job.started_at)
         if progress is None:
             history = tuple(loss for _step, loss in (losses or []))
             last_step = losses[-1][0] if losses else 0
@@ -378,6 +416,8 @@ class JobMonitor(QWidget):
         if logs:  # the history's log holds the live tail's lines too
             progress = progress.evolve(log_tail=tuple(logs))
         self.on_progress(progress)
+        if history and losses:  # every recorded step, with its own step number
+            self.charts.set_points(losses)
         if job.status is JobStatus.FAILED and not progress.error and job.error:
             self.error_label.setText(f"Failed: {job.error}")
             self.error_label.show()
@@ -402,6 +442,8 @@ class JobMonitor(QWidget):
     def on_job_started(self, job: Job) -> None:
         self._shown_job = None
         self._local_shown = True
+        if self._clock is None or self._clock[1] is None:
+            self._start_clock(job.started_at)
         self.job_label.setText(f"{job.name} \u00b7 {job.base_model}")
         try:
             self.samples.set_prompts(LoraConfig.from_dict(job.config).sample_prompt_list)
@@ -438,15 +480,21 @@ class JobMonitor(QWidget):
         elif progress.total_steps:
             self.progress_bar.setFormat(f"{progress.step} / {progress.total_steps} steps (%p%)")
         self.stats_label.setText(stats_text(progress) if progress.total_steps else "")
-        self.loss_curve.set_values(progress.loss_history, progress.step)
+        self._show_charts(progress)
+        if progress.is_finished():
+            self._stop_clock()
+        elif self._clock is None and progress.status is not JobStatus.QUEUED:
+            self._start_clock(self._shown_job.started_at if self._shown_job else None)
         fresh = new_log_lines(self._log_shown, progress.log_tail)
         if fresh:
+            # Follow the log, as a terminal would, unless the user scrolled up to read.
             self.log_view.appendPlainText("\n".join(fresh))
-            # Follow the log, as a terminal would (the scroll range updates lazily, so
-            # move the cursor rather than the scroll bar).
-            self._follow_log()
-            # Once more after the layout settles: showing the output row shrinks the log.
-            QTimer.singleShot(0, self, self._follow_log)
+            if self._log_follow:
+                # The scroll range updates lazily, so move the cursor rather than the
+                # scroll bar; once more after the layout settles (showing the output row
+                # shrinks the log).
+                self._follow_log()
+                QTimer.singleShot(0, self, self._follow_log)
             self._log_shown.extend(fresh)
             del self._log_shown[:-_LOG_KEEP]
         if progress.error:
@@ -470,13 +518,78 @@ class JobMonitor(QWidget):
         """Stop decoding sample thumbnails (the window is closing)."""
         self.samples.shutdown()
 
+    def log_follows(self) -> bool:
+        """New log lines scroll the log to its end (the user has not scrolled away)."""
+        return self._log_follow
+
+    def _update_log_follow(self, *_action: object) -> None:
+        # On actionTriggered the slider position has moved but the value not yet.
+        bar = self.log_view.verticalScrollBar()
+        self._log_follow = bar.sliderPosition() >= bar.maximum() - 1
+
+    def elapsed_s(self) -> float | None:
+        """The elapsed time shown (``None``: none)."""
+        if self._clock is None:
+            return None
+        start, end = self._clock
+        return (end if end is not None else time.time()) - start
+
+    @property
+    def clock_running(self) -> bool:
+        return self._clock is not None and self._clock[1] is None
+
+    def _start_clock(self, started_at: float | None = None) -> None:
+        """Tick from ``started_at`` (a ``time.time()``; default: now)."""
+        now = time.time()
+        self._clock = (min(started_at, now) if started_at is not None else now, None)
+        self._show_elapsed()
+
+    def _stop_clock(self, elapsed: float | None = None) -> None:
+        """Stop ticking (at ``elapsed`` seconds when given)."""
+        now = time.time()
+        if self._clock is not None and self._clock[1] is None:
+            start = now - elapsed if elapsed is not None else self._clock[0]
+            self._clock = (start, now)
+        elif self._clock is None and elapsed is not None:
+            self._clock = (now - elapsed, now)
+        self._show_elapsed()
+
+    def _on_tick(self) -> None:
+        if self.clock_running:
+            self._show_elapsed()
+
+    def _show_elapsed(self) -> None:
+        elapsed = self.elapsed_s()
+        self.elapsed_label.setText("" if elapsed is None else f"Elapsed {format_clock(elapsed)}")
+
+    def _show_charts(self, progress: Progress) -> None:
+        rates: Sequence[float] = progress.lr_history
+        points: list[tuple[int, float]] = []
+        if not rates and progress.learning_rate is not None and progress.step > 0:
+            # A backend that reports only the current rate: collect the series here.
+            self._lr_points[progress.step] = progress.learning_rate
+        if not rates:
+            points = sorted(self._lr_points.items())
+        self.charts.set_history(
+            progress.loss_history,
+            progress.step,
+            rates,
+            loss=progress.loss,
+            rate=progress.learning_rate,
+            rate_points=points,
+        )
+
     def _reset(self) -> None:
         self._last = None
+        self._clock = None
+        self.elapsed_label.setText("")
+        self._lr_points.clear()
         self.samples.clear()
         self.samples.hide()
         self._log_shown.clear()
         self.log_view.clear()
-        self.loss_curve.set_values(())
+        self._log_follow = True
+        self.charts.clear()
         self.error_label.hide()
         self.output_row.hide()
         self.output_edit.clear()
@@ -487,7 +600,10 @@ class JobMonitor(QWidget):
         self.status_label.setStyleSheet("")
 
     def _follow_log(self) -> None:
+        if not self._log_follow:
+            return  # the user scrolled up meanwhile
         self.log_view.moveCursor(QTextCursor.MoveOperation.End)
+        self.log_view.moveCursor(QTextCursor.MoveOperation.StartOfBlock)
         self.log_view.ensureCursorVisible()
 
     def _status_style(self, status: JobStatus) -> str:
@@ -499,8 +615,9 @@ class JobMonitor(QWidget):
             return
         self.samples.show()
         total = sum(self.body.sizes()) or self.body.width()
-        # A third each for the curve and the samples, the rest for the log.
-        self.body.setSizes([total * 3 // 10, total * 3 // 10, total - 2 * (total * 3 // 10)])
+        # The charts keep the most room; the samples and the log share the rest.
+        charts, samples = total * 38 // 100, total * 26 // 100
+        self.body.setSizes([charts, samples, total - charts - samples])
 
     def _on_cancel_clicked(self) -> None:
         if self._state in ACTIVE:

@@ -1,6 +1,7 @@
 """The jobs list: a Qt table model over the job history (:class:`~lora_studio.core.jobs.JobStore`).
 
-One row per job, newest first: backend, name, status, progress, started, elapsed, cost.
+One row per job, newest first: backend, name, status, progress (step/total on a bar),
+speed (samples/s), ETA, started, elapsed (ticking while the job runs), cost.
 Rows come from the store (:meth:`JobsModel.set_jobs`, read off the GUI thread by the
 controller) and are kept current between reads by live updates
 (:meth:`JobsModel.update_job`), so a running job's progress moves without re-reading the
@@ -30,12 +31,14 @@ class JobColumn(enum.IntEnum):
     NAME = 1
     STATUS = 2
     PROGRESS = 3
-    STARTED = 4
-    ELAPSED = 5
-    COST = 6
+    SPEED = 4
+    ETA = 5
+    STARTED = 6
+    ELAPSED = 7
+    COST = 8
 
 
-HEADERS = ("Where", "Name", "Status", "Progress", "Started", "Elapsed", "Cost")
+HEADERS = ("Where", "Name", "Status", "Progress", "Speed", "ETA", "Started", "Elapsed", "Cost")
 BACKEND_SHORT = {
     BackendType.LOCAL: "Local",
     BackendType.COMFYUI: "ComfyUI",
@@ -58,6 +61,14 @@ def format_elapsed(seconds: float | None) -> str:
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_speed(progress: Progress | None) -> str:
+    """``9.6/s`` (samples per second), empty when unknown."""
+    if progress is None or not progress.samples_per_s:
+        return ""
+    rate = progress.samples_per_s
+    return f"{rate:.1f}/s" if rate < 100 else f"{rate:.0f}/s"
 
 
 def format_started(at: float | None, now: float | None = None) -> str:
@@ -115,6 +126,11 @@ class JobsModel(QAbstractTableModel):
         row = self._rows.get(job.id)
         if progress is not None:
             self._progress[job.id] = progress
+            job.status = progress.status
+            if progress.output_path:
+                job.output_path = progress.output_path
+            if progress.error:
+                job.error = progress.error
         if row is None:
             self.beginInsertRows(QModelIndex(), 0, 0)
             self._jobs.insert(0, job)
@@ -124,12 +140,6 @@ class JobsModel(QAbstractTableModel):
         current = self._jobs[row]
         if job is not current:
             self._jobs[row] = job
-        if progress is not None:
-            job.status = progress.status
-            if progress.output_path:
-                job.output_path = progress.output_path
-            if progress.error:
-                job.error = progress.error
         self.dataChanged.emit(self.index(row, 0), self.index(row, len(HEADERS) - 1))
 
     def tick(self) -> None:
@@ -194,6 +204,8 @@ class JobsModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(job)
         if role == Qt.ItemDataRole.TextAlignmentRole and column in (
+            JobColumn.SPEED,
+            JobColumn.ETA,
             JobColumn.ELAPSED,
             JobColumn.COST,
         ):
@@ -226,7 +238,15 @@ class JobsModel(QAbstractTableModel):
                 return "100%"
             if progress is None or progress.total_steps <= 0:
                 return ""
-            return f"{progress.progress:.0f}%"
+            return f"{progress.step}/{progress.total_steps}"
+        if column is JobColumn.SPEED:
+            progress = self._progress.get(job.id)
+            return "" if job.status.is_finished else format_speed(progress)
+        if column is JobColumn.ETA:
+            progress = self._progress.get(job.id)
+            if job.status.is_finished or progress is None or progress.eta_s is None:
+                return ""
+            return format_elapsed(progress.eta_s)
         if column is JobColumn.STARTED:
             return format_started(job.started_at or job.created_at)
         if column is JobColumn.ELAPSED:
@@ -234,22 +254,31 @@ class JobsModel(QAbstractTableModel):
         return format_cost(job)
 
     def _elapsed(self, job: Job) -> float | None:
+        """Wall time since the job started: ticking while it runs, fixed once it ended."""
         progress = self._progress.get(job.id)
+        if job.started_at is not None:
+            if not job.status.is_finished:
+                return time.time() - job.started_at
+            if job.finished_at is not None:
+                return job.finished_at - job.started_at
         if progress is not None and progress.elapsed_s > 0:
             return progress.elapsed_s
         if job.started_at is None:
             return None
-        end = job.finished_at if job.status.is_finished else time.time()
-        return (end or time.time()) - job.started_at
+        return job.updated_at - job.started_at
 
     def _tooltip(self, job: Job) -> str:
         lines = [f"{job.name} \u00b7 {BACKEND_SHORT.get(job.backend, job.backend.value)}"]
         lines.append(f"Status: {job.status.label}")
+        started = job.started_at or job.created_at
+        lines.append(f"Started: {format_started(started)}")
         if job.base_model:
             lines.append(f"Base model: {job.base_model}")
         progress = self._progress.get(job.id)
         if progress is not None and progress.total_steps:
             lines.append(f"Step {progress.step} of {progress.total_steps}")
+            if progress.samples_per_s and not job.status.is_finished:
+                lines.append(f"{progress.samples_per_s:.1f} samples/s")
         if job.remote_id:
             lines.append(f"Remote id: {job.remote_id}")
         if job.output_path:

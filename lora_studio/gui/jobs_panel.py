@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import (
+    QModelIndex,
+    QPersistentModelIndex,
+    QPoint,
+    QRect,
+    Qt,
+    QTimer,
+    QUrl,
+    Signal,
+)
 from PySide6.QtGui import QDesktopServices, QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -19,6 +28,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMenu,
     QPushButton,
     QStyle,
     QStyledItemDelegate,
@@ -70,6 +80,7 @@ class JobsPanel(QWidget):
         cancel_requested(str), retry_requested(str), resume_requested(str): the action,
             with the job's id.
         move_requested(str, int): move the waiting job by -1 (up) or +1 (down).
+        ticked(): a second passed (the running jobs' elapsed times were refreshed).
     """
 
     job_selected = Signal(object)
@@ -77,6 +88,8 @@ class JobsPanel(QWidget):
     retry_requested = Signal(str)
     resume_requested = Signal(str)
     move_requested = Signal(str, int)
+    #: every second (the job monitor's elapsed time ticks with the list's)
+    ticked = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -98,18 +111,28 @@ class JobsPanel(QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(JobColumn.NAME, QHeaderView.ResizeMode.Stretch)
         header.setMinimumSectionSize(36)
+        # The start time is in each row's tooltip; the header's menu shows it as a column.
+        self.view.setColumnHidden(JobColumn.STARTED, True)
+        header.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        header.customContextMenuRequested.connect(self._header_menu)
         for column, width in (
-            (JobColumn.BACKEND, 68),
-            (JobColumn.STATUS, 86),
-            (JobColumn.PROGRESS, 72),
-            (JobColumn.STARTED, 50),
+            (JobColumn.BACKEND, 66),
+            (JobColumn.STATUS, 80),
+            (JobColumn.PROGRESS, 92),
+            (JobColumn.SPEED, 50),
+            (JobColumn.ETA, 42),
+            (JobColumn.STARTED, 46),
             (JobColumn.ELAPSED, 52),
-            (JobColumn.COST, 54),
+            (JobColumn.COST, 50),
         ):
             self.view.setColumnWidth(column, width)
         self.view.selectionModel().selectionChanged.connect(self._on_selection)
         self.model.dataChanged.connect(self._on_data_changed)
         self.model.modelReset.connect(self._restore_selection)
+        # The cost column only means something once a paid (Replicate) job is listed.
+        self.model.modelReset.connect(self._show_cost_column)
+        self.model.rowsInserted.connect(self._show_cost_column)
+        self._show_cost_column()
         self._selected_id: str | None = None
 
         self.cancel_button = QPushButton("Cancel")
@@ -237,9 +260,25 @@ class JobsPanel(QWidget):
         if job is not None and top.row() == self.model.row_of(job.id):
             self._update_buttons()
 
+    def _header_menu(self, pos: QPoint) -> None:
+        menu = QMenu(self)
+        for column in JobColumn:
+            if column in (JobColumn.NAME, JobColumn.COST):
+                continue  # the name always shows; the cost shows with paid jobs
+            action = menu.addAction(str(self.model.headerData(column, Qt.Orientation.Horizontal)))
+            action.setCheckable(True)
+            action.setChecked(not self.view.isColumnHidden(column))
+            action.toggled.connect(lambda shown, c=column: self.view.setColumnHidden(c, not shown))
+        menu.exec(self.view.horizontalHeader().mapToGlobal(pos))
+
+    def _show_cost_column(self, *_: object) -> None:
+        paid = any(job.backend is BackendType.REPLICATE for job in self.model.jobs())
+        self.view.setColumnHidden(JobColumn.COST, not paid)
+
     def _tick(self) -> None:
         if self.isVisible() and self.model.has_running():
             self.model.tick()
+        self.ticked.emit()
 
     def _update_buttons(self) -> None:
         job = self.selected_job()

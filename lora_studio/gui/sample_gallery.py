@@ -3,8 +3,10 @@
 The trainer writes ``<output>/<name>-samples/stepNNNNNN-PP.png`` (step, prompt number) and
 reports the paths in :attr:`Progress.sample_paths`; the gallery shows each one once,
 newest first. Thumbnails are decoded by a :class:`ThumbnailLoader` on its own thread pool
-(never on the GUI thread); clicking a sample opens the image, its context menu also shows
-the folder.
+(never on the GUI thread). Clicking a sample enlarges it in a :class:`SamplePreview` (decoded
+off the GUI thread too, at :data:`PREVIEW` px), where the arrow keys step through the
+samples; its buttons (and the gallery's context menu) open the image in the system viewer
+or show its folder.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QObject, QPoint, QSize, Qt, QUrl
-from PySide6.QtGui import QDesktopServices, QIcon, QImage, QPixmap
+from PySide6.QtCore import QEvent, QObject, QPoint, QSize, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QIcon, QImage, QKeyEvent, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QDialog,
     QHBoxLayout,
     QLabel,
     QListView,
     QListWidget,
     QListWidgetItem,
     QMenu,
+    QPushButton,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -33,6 +37,10 @@ from lora_studio.gui.thumbnail_loader import ThumbnailLoader
 
 ICON = 96
 MIN_ICON = 40
+#: The largest thumbnails, when the pane is tall (they are decoded at twice ICON).
+MAX_ICON = 150
+#: The enlarged sample's longest side (small samples are scaled up to it, pixel-sharp).
+PREVIEW = 512
 _NAME = re.compile(r"step(\d+)-(\d+)$")
 _PATH_ROLE = int(Qt.ItemDataRole.UserRole) + 1
 
@@ -41,6 +49,11 @@ def sample_step(path: str | Path) -> tuple[int, int] | None:
     """``(step, prompt index)`` from a sample's file name, or ``None``."""
     match = _NAME.search(Path(path).stem)
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _newest_first(path: Path) -> tuple[int, int, str]:
+    found = sample_step(path)
+    return (-found[0], found[1], path.name) if found else (1, 0, path.name)
 
 
 class SampleGallery(QWidget):
@@ -56,6 +69,8 @@ class SampleGallery(QWidget):
         self._items: dict[Path, QListWidgetItem] = {}
         self._ready: set[Path] = set()
         self._prompts: list[str] = []
+        self._preview_loader = ThumbnailLoader(size=PREVIEW, max_threads=1, parent=self)
+        self.preview: SamplePreview | None = None
 
         self.title = QLabel("Samples")
         self.title.setStyleSheet(f"color: {artwork.MUTED.name()};")
@@ -103,21 +118,30 @@ class SampleGallery(QWidget):
 
     def add(self, paths: Iterable[str | Path]) -> int:
         """Show the samples among ``paths`` not shown yet; returns how many were new."""
-        fresh = [Path(p) for p in paths if Path(p) not in self._items]
-        for position, path in enumerate(fresh):
+        fresh = sorted({Path(p) for p in paths if Path(p) not in self._items}, key=_newest_first)
+        for path in fresh:
             item = QListWidgetItem(artwork.loading_icon(ICON), self._caption(path))
             item.setData(_PATH_ROLE, str(path))
             item.setToolTip(self._tooltip(path))
             item.setSizeHint(self.list.gridSize())
-            self.list.insertItem(position, item)  # newest first, in prompt order
+            # Newest step first, each step's prompts in order (a monitor that meets a run
+            # midway gets all its samples at once).
+            key = _newest_first(path)
+            row = 0
+            while row < self.list.count() and _newest_first(self._path_at(row)) < key:
+                row += 1
+            self.list.insertItem(row, item)
             self._items[path] = item
             self._thumbnails.request(path)
         if fresh:
-            latest = sample_step(fresh[0])
+            latest = sample_step(self._path_at(0))
             count = len(self._items)
             at = f" \u00b7 latest: step {latest[0]}" if latest else ""
             self.title.setText(f"Samples ({count}){at}")
         return len(fresh)
+
+    def _path_at(self, row: int) -> Path:
+        return Path(str(self.list.item(row).data(_PATH_ROLE)))
 
     def clear(self) -> None:
         self.list.clear()
@@ -134,6 +158,31 @@ class SampleGallery(QWidget):
 
     def shutdown(self) -> None:
         self._thumbnails.shutdown()
+        self._preview_loader.shutdown()
+        if self.preview is not None:
+            self.preview.close()
+
+    def enlarge(self, path: str | Path) -> SamplePreview:
+        """Show the sample ``path`` big (what a click on it does)."""
+        if self.preview is None:
+            self.preview = SamplePreview(self._preview_loader, self)
+            self.preview.step_requested.connect(self._step_preview)
+        self.preview.show_sample(Path(path), self._tooltip(Path(path)).splitlines()[0])
+        self.preview.show()
+        self.preview.raise_()
+        return self.preview
+
+    def _step_preview(self, delta: int) -> None:
+        if self.preview is None or self.preview.path is None:
+            return
+        paths = self.paths()
+        try:
+            row = paths.index(self.preview.path)
+        except ValueError:
+            return
+        row = min(max(row + delta, 0), len(paths) - 1)
+        self.list.setCurrentRow(row)
+        self.enlarge(paths[row])
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -142,7 +191,7 @@ class SampleGallery(QWidget):
             # Thumbnails as big as the pane's height allows (one row; the horizontal
             # scroll bar takes its share of the height when it shows).
             text = self.list.fontMetrics().height()
-            size = max(MIN_ICON, min(ICON, self.list.viewport().height() - text - 14))
+            size = max(MIN_ICON, min(MAX_ICON, self.list.viewport().height() - text - 14))
             if size != self._icon:
                 self._icon = size
                 self.list.setIconSize(QSize(size, size))
@@ -165,7 +214,7 @@ class SampleGallery(QWidget):
                 f"Step {step} \u00b7 prompt {index + 1}" + (f": {prompt}" if prompt else "")
             )
         lines.append(str(path))
-        lines.append("Click to open the image; right-click for its folder.")
+        lines.append("Click to enlarge; right-click to open it elsewhere.")
         return "\n".join(lines)
 
     def _on_ready(self, path: Path, image: QImage) -> None:
@@ -173,11 +222,11 @@ class SampleGallery(QWidget):
         if item is None:
             return
         pixmap = QPixmap.fromImage(image)
-        if max(pixmap.width(), pixmap.height()) < ICON:
+        if max(pixmap.width(), pixmap.height()) < MAX_ICON:
             # Small samples (a 64 px test run) are enlarged so they can be seen at all.
             pixmap = pixmap.scaled(
-                ICON,
-                ICON,
+                MAX_ICON,
+                MAX_ICON,
                 Qt.AspectRatioMode.KeepAspectRatio,
                 Qt.TransformationMode.FastTransformation,
             )
@@ -193,7 +242,7 @@ class SampleGallery(QWidget):
         self._ready.add(path)
 
     def _open_item(self, item: QListWidgetItem) -> None:
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(item.data(_PATH_ROLE))))
+        self.enlarge(str(item.data(_PATH_ROLE)))
 
     def _open_folder(self) -> None:
         if self._items:
@@ -206,9 +255,107 @@ class SampleGallery(QWidget):
             return
         path = Path(str(item.data(_PATH_ROLE)))
         menu = QMenu(self)
-        menu.addAction("Open image", lambda: self._open_item(item))
+        menu.addAction("Enlarge", lambda: self._open_item(item))
+        menu.addAction(
+            "Open in image viewer",
+            lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(path))),
+        )
         menu.addAction(
             "Show in folder",
             lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent))),
         )
         menu.exec(self.list.viewport().mapToGlobal(pos))
+
+
+class SamplePreview(QDialog):
+    """One sample, enlarged: step, prompt, the image; ←/→ step through the gallery.
+
+    Signals:
+        step_requested(int): show the previous (-1, newer) or next (+1, older) sample.
+    """
+
+    step_requested = Signal(int)
+
+    def __init__(self, loader: ThumbnailLoader, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Sample")
+        self._loader = loader
+        self._loader.thumbnail_ready.connect(self._on_ready)
+        self._loader.thumbnail_failed.connect(self._on_failed)
+        self.path: Path | None = None
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
+        self.caption.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.image = QLabel("Loading\u2026")
+        self.image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.image.setMinimumSize(PREVIEW, PREVIEW)
+        self.image.setStyleSheet("background: palette(base); border-radius: 4px;")
+        self.newer_button = QPushButton("\u2190 Newer")
+        self.newer_button.setToolTip("The sample before this one in the gallery (\u2190)")
+        self.newer_button.clicked.connect(lambda: self.step_requested.emit(-1))
+        self.older_button = QPushButton("Older \u2192")
+        self.older_button.setToolTip("The sample after this one in the gallery (\u2192)")
+        self.older_button.clicked.connect(lambda: self.step_requested.emit(1))
+        self.open_button = QPushButton("Open in viewer")
+        self.open_button.setToolTip("Open the image at full size in the system's image viewer")
+        self.open_button.clicked.connect(self._open)
+        self.folder_button = QPushButton("Show in folder")
+        self.folder_button.clicked.connect(self._open_folder)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.newer_button)
+        buttons.addWidget(self.older_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.open_button)
+        buttons.addWidget(self.folder_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.caption)
+        layout.addWidget(self.image, 1)
+        layout.addLayout(buttons)
+        for button in (self.newer_button, self.older_button, self.open_button):
+            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+
+    def show_sample(self, path: Path, caption: str) -> None:
+        self.path = path
+        self.caption.setText(caption)
+        self.setWindowTitle(f"Sample \u00b7 {path.name}")
+        self.image.setPixmap(QPixmap())
+        self.image.setText("Loading\u2026")
+        self._loader.request(path)
+
+    def has_image(self) -> bool:
+        pixmap = self.image.pixmap()
+        return pixmap is not None and not pixmap.isNull()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        if event.key() == Qt.Key.Key_Left:
+            self.step_requested.emit(-1)
+        elif event.key() == Qt.Key.Key_Right:
+            self.step_requested.emit(1)
+        else:
+            super().keyPressEvent(event)
+
+    def _on_ready(self, path: Path, image: QImage) -> None:
+        if path != self.path:
+            return
+        pixmap = QPixmap.fromImage(image)
+        if max(pixmap.width(), pixmap.height()) < PREVIEW:
+            # A small sample (a 64 px test run) is enlarged with sharp pixels, not blurred.
+            pixmap = pixmap.scaled(
+                PREVIEW,
+                PREVIEW,
+                Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.FastTransformation,
+            )
+        self.image.setPixmap(pixmap)
+
+    def _on_failed(self, path: Path, reason: str) -> None:
+        if path == self.path:
+            self.image.setText(f"\u26a0 {reason}")
+
+    def _open(self) -> None:
+        if self.path is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.path)))
+
+    def _open_folder(self) -> None:
+        if self.path is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.path.parent)))

@@ -44,7 +44,7 @@ from lora_studio.core.errors import (
     TrainingError,
 )
 from lora_studio.core.estimates import plan_steps
-from lora_studio.core.jobs import LOG_TAIL, MAX_HISTORY, JobStatus, Progress
+from lora_studio.core.jobs import LOG_TAIL, JobStatus, Progress, thin_history
 from lora_studio.core.request import TrainingRequest
 from lora_studio.training import checkpoints as ckpt
 from lora_studio.training.cache import RunCaches, latent_key, module_fingerprint, text_key
@@ -295,6 +295,7 @@ class Trainer:
         self._progress = Progress(status=JobStatus.PREPARING)
         self._log_tail: deque[str] = deque(maxlen=LOG_TAIL)
         self._losses: list[float] = []
+        self._lrs: list[float] = []  # the learning rate at each step, beside the losses
 
     # ---- reporting -------------------------------------------------------------------
 
@@ -710,6 +711,7 @@ class Trainer:
         run.step, run.epoch = state.step, state.epoch
         run.batch_index, run.epoch_order = state.batch_index, state.epoch_batches
         self._losses = list(state.losses)
+        self._lrs = [math.nan] * len(self._losses)  # checkpoints keep no LR series
         changed = [
             name
             for name, value in self.config.to_dict().items()
@@ -866,11 +868,8 @@ class Trainer:
         done = step - start_step
         rate = done / elapsed if elapsed > 0 and done > 0 else None
         eta = (total - step) / rate if rate else None
-        history = self._losses
-        if len(history) > MAX_HISTORY:
-            stride = math.ceil(len(history) / MAX_HISTORY)
-            history = history[::stride]
         lr = float(run.lr_scheduler.get_last_lr()[0])
+        self._lrs.append(lr)
         if step == 1 or step == total or step % max(1, total // 20) == 0:
             self._log(f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}")
         if run.writer is not None:
@@ -880,8 +879,9 @@ class Trainer:
             step=step,
             epoch=run.epoch,
             loss=loss,
-            loss_history=tuple(history),
+            loss_history=thin_history(self._losses),
             learning_rate=lr,
+            lr_history=thin_history(self._lrs),
             elapsed_s=elapsed,
             eta_s=eta,
             samples_per_s=rate * self.config.effective_batch_size if rate else None,

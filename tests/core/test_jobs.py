@@ -3,7 +3,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from lora_studio.core.jobs import BackendType, Job, JobStatus, JobStore, Progress
+from lora_studio.core.jobs import (
+    BackendType,
+    Job,
+    JobStatus,
+    JobStore,
+    Progress,
+    thin_history,
+)
 
 
 def _job(name: str = "demo") -> Job:
@@ -174,3 +181,14 @@ def test_a_job_knows_whether_the_process_that_made_it_still_runs(tmp_path: Path)
     assert not process_alive(None) and not process_alive("garbage")
     assert process_alive("123:1.00@some-other-host")  # not ours to judge
     store.close()
+
+
+def test_histories_are_thinned_alike_and_survive_to_dict() -> None:
+    losses = [float(i) for i in range(2500)]
+    rates = [i * 1e-6 for i in range(2500)]
+    thin_losses, thin_rates = thin_history(losses), thin_history(rates)
+    assert len(thin_losses) == len(thin_rates) <= 1000
+    assert thin_losses[1] == 3.0 and thin_rates[1] == 3e-6  # the same steps kept
+    assert thin_history([1.0, 2.0]) == (1.0, 2.0)
+    progress = Progress(status=JobStatus.RUNNING, loss_history=thin_losses, lr_history=thin_rates)
+    assert Progress.from_dict(progress.to_dict()) == progress

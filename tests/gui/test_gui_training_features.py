@@ -366,13 +366,17 @@ def test_sample_images_appear_in_the_monitor(make_window, qloop, qtbot, papercut
     assert not first_item.icon().isNull()
     assert gallery.title.text() == "Samples (4) \u00b7 latest: step 4"
 
+    # A click enlarges the sample; from there it opens in the system's viewer.
+    rect = gallery.list.visualItemRect(first_item)
+    qtbot.mouseClick(gallery.list.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert gallery.preview is not None and gallery.preview.path == folder / "step000004-00.png"
     catcher = _UrlCatcher()
     QDesktopServices.setUrlHandler("file", catcher, "open")
     try:
-        rect = gallery.list.visualItemRect(first_item)
-        qtbot.mouseClick(gallery.list.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+        gallery.preview.open_button.click()
     finally:
         QDesktopServices.unsetUrlHandler("file")
+    gallery.preview.close()
     assert [Path(u.toLocalFile()) for u in catcher.urls] == [folder / "step000004-00.png"]
 
 

@@ -260,6 +260,9 @@ def test_learning_rate_schedules(small_dataset, tmp_path, schedule):
     rates = [p.learning_rate for p in recorder.progress if p.status is JobStatus.RUNNING and p.step]
     assert rates[0] < 1e-3  # warming up
     assert len(rates) == 4
+    # The series the job monitor draws: one rate per step, beside the losses.
+    assert recorder.progress[-1].lr_history == tuple(rates)
+    assert len(recorder.progress[-1].loss_history) == 4
 
 
 def test_dora_and_conv_layers_export_and_load(small_dataset, tmp_path, tiny_model):
