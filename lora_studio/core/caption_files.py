@@ -73,3 +73,34 @@ def captions_changed_on_disk(items: Iterable[tuple[ImageItem, str | None]]) -> d
         if not _same(on_disk, known):
             changed[item.path] = on_disk
     return changed
+
+
+def remove_caption_checked(item: ImageItem, known: str | None, *, force: bool = False) -> ImageItem:
+    """Take ``item``'s caption away again: its sidecar file is deleted (a ``metadata.jsonl``
+    row is emptied instead), unless the file changed since the app read ``known`` from it.
+    What an undo of the first caption of an image does, so the folder is as it was.
+
+    Raises:
+        CaptionChangedOnDisk: another program changed the file (and not ``force``).
+        CaptionError: the file cannot be deleted.
+    """
+    if item.metadata is not None:
+        write_caption(item, "")
+        item.caption = None
+        return item
+    on_disk = disk_caption(item)
+    if not force and on_disk is not None and not _same(on_disk, known) and not _same(on_disk, ""):
+        raise CaptionChangedOnDisk(
+            f"The caption of {item.name} was changed by another program; it was not "
+            f"removed. Reload it, or keep yours.",
+            on_disk,
+        )
+    try:
+        item.caption_path.unlink(missing_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CaptionError(f"Could not remove the caption of {item.name}: {reason}.") from None
+    item.caption = None
+    item.caption_encoding = "utf-8"
+    item.caption_error = None
+    return item

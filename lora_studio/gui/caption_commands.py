@@ -3,7 +3,8 @@
 Every change of captions in the grid - one caption typed, or a batch operation over many -
 is one :class:`CaptionEdit`: it holds each image's text before and after, and both
 ``redo`` and ``undo`` go through :meth:`DatasetModel.set_captions`, so the files are saved
-again (atomically, off the GUI thread, by the controller) either way. The autosaves of one
+again (atomically, off the GUI thread, by the controller) either way; undoing the first
+caption of an image deletes its caption file again, so the folder is exactly as it was. The autosaves of one
 editing session of one caption merge into a single step.
 """
 
@@ -27,7 +28,8 @@ def new_session() -> int:
 
 
 class CaptionEdit(QUndoCommand):
-    """Change captions: ``changes`` is ``{path: (before, after)}``.
+    """Change captions: ``changes`` is ``{path: (before, after)}``; a ``before`` of ``None``
+    means the image had no caption file, which undo deletes again.
 
     Args:
         model: the dataset model that shows and saves the captions.
@@ -40,7 +42,7 @@ class CaptionEdit(QUndoCommand):
     def __init__(
         self,
         model: DatasetModel,
-        changes: dict[Path, tuple[str, str]],
+        changes: dict[Path, tuple[str | None, str]],
         label: str,
         session: int | None = None,
     ) -> None:

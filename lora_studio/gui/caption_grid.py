@@ -1068,8 +1068,12 @@ class CaptionGrid(QWidget):
 
     def _commit_typed(self, path: Path, before: str, after: str, session: int) -> None:
         name = path.name
+        if self.model.caption_or_none(path) is None:
+            change: tuple[str | None, str] = (None, after)  # undo: no caption file again
+        else:
+            change = (before, after)
         self.undo_stack.push(
-            CaptionEdit(self.model, {path: (before, after)}, f"edit caption of {name}", session)
+            CaptionEdit(self.model, {path: change}, f"edit caption of {name}", session)
         )
         self._update_state()
 
@@ -1084,7 +1088,11 @@ class CaptionGrid(QWidget):
     def apply_changes(self, changes: dict[Path, tuple[str, str]], label: str) -> None:
         """Change captions as one undo step (``{path: (before, after)}``)."""
         if changes:
-            self.undo_stack.push(CaptionEdit(self.model, changes, label))
+            exact: dict[Path, tuple[str | None, str]] = {
+                path: (None if self.model.caption_or_none(path) is None else before, after)
+                for path, (before, after) in changes.items()
+            }
+            self.undo_stack.push(CaptionEdit(self.model, exact, label))
 
     def open_batch_dialog(self, kind: BatchKind = BatchKind.ADD) -> BatchEditDialog:
         """Open the batch edit dialog (not modal for tests: ``open()``), showing ``kind``."""

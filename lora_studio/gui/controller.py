@@ -61,6 +61,7 @@ from lora_studio.core.base_model import (
 from lora_studio.core.caption_files import (
     CaptionChangedOnDisk,
     captions_changed_on_disk,
+    remove_caption_checked,
     write_caption_checked,
 )
 from lora_studio.core.config import LoraConfig
@@ -360,7 +361,7 @@ class StudioController(QObject):
         self._dataset_generation = 0
         self._image_check_stop: threading.Event | None = None
         self.validation: ValidationReport | None = None
-        self._caption_pending: dict[Path, str] = {}
+        self._caption_pending: dict[Path, str | None] = {}  # None: remove the caption
         self._caption_items: dict[Path, ImageItem] = {}
         self._caption_tasks: dict[Path, asyncio.Task[None]] = {}
         self._caption_force: set[Path] = set()
@@ -605,25 +606,39 @@ class StudioController(QObject):
         if path not in self._caption_tasks:
             self._caption_tasks[path] = self._spawn(self._save_captions(path), "save a caption")
 
+    def remove_caption(self, path: Path) -> None:
+        """Take image ``path``'s caption away (delete its file), off the GUI thread, in
+        order with its saves; answers with :attr:`caption_saved` (text ``""``)."""
+        item = self._items.get(path)
+        if item is None:
+            self.caption_failed.emit(path, "", "This image is not in the open dataset.")
+            return
+        self._caption_items[path] = item
+        self._caption_pending[path] = None
+        if path not in self._caption_tasks:
+            self._caption_tasks[path] = self._spawn(self._save_captions(path), "save a caption")
+
     async def _save_captions(self, path: Path) -> None:
         try:
             while path in self._caption_pending:
-                text = self._caption_pending.pop(path)
+                wanted = self._caption_pending.pop(path)
+                text = wanted if wanted is not None else ""
                 item = self._caption_items[path]
                 try:
                     # Write through a copy: the live item is only updated here, on the
                     # GUI thread, once the file is safely on disk.
                     force = path in self._caption_force
                     self._caption_force.discard(path)
-                    saved = await asyncio.to_thread(
-                        functools.partial(
-                            write_caption_checked,
-                            dataclasses.replace(item),
-                            text,
-                            item.caption,
-                            force=force,
+                    target = dataclasses.replace(item)
+                    if wanted is None:
+                        job = functools.partial(
+                            remove_caption_checked, target, item.caption, force=force
                         )
-                    )
+                    else:
+                        job = functools.partial(
+                            write_caption_checked, target, text, item.caption, force=force
+                        )
+                    saved = await asyncio.to_thread(job)
                 except CaptionChangedOnDisk as exc:
                     self.caption_failed.emit(path, text, str(exc))
                     self.captions_changed_on_disk.emit({path: exc.disk_text})

@@ -124,6 +124,8 @@ class DatasetModel(QAbstractTableModel):
 
     Signals:
         caption_edit_requested(path, text): the user changed a caption; save it.
+        caption_remove_requested(path): take the image's caption away (its file goes: an
+            undo of the image's first caption).
         counts_changed(): image/caption counts, problems or the validation state may have
             changed.
         proposals_changed(): proposals were added, accepted, rejected, or their state
@@ -133,6 +135,7 @@ class DatasetModel(QAbstractTableModel):
     """
 
     caption_edit_requested = Signal(object, str)
+    caption_remove_requested = Signal(object)
     counts_changed = Signal()
     proposals_changed = Signal()
     disk_changes_changed = Signal()
@@ -291,12 +294,31 @@ class DatasetModel(QAbstractTableModel):
         """Every image's caption as shown now, in row order."""
         return {item.path: self._caption_text(item) for item in self._items}
 
-    def set_captions(self, captions: dict[Path, str]) -> None:
-        """Show and save these captions (a batch edit, an undo): :meth:`setData` for each."""
+    def caption_or_none(self, path: Path) -> str | None:
+        """The caption shown for ``path``; ``None`` when it has no caption file at all."""
+        row = self._rows.get(path)
+        if row is None:
+            return None
+        item = self._items[row]
+        if path not in self._pending and item.caption is None:
+            return None
+        return self._caption_text(item)
+
+    def set_captions(self, captions: dict[Path, str | None]) -> None:
+        """Show and save these captions (a batch edit, an undo): :meth:`setData` for each;
+        ``None`` takes an image's caption file away (:attr:`caption_remove_requested`)."""
         for path, text in captions.items():
             row = self._rows.get(path)
-            if row is not None:
+            if row is None:
+                continue
+            if text is not None:
                 self.setData(self.index(row, Column.CAPTION), text)
+            elif self.caption_or_none(path) is not None:
+                self._pending[path] = ""
+                self._states[path] = CaptionState.SAVING
+                self._save_errors.pop(path, None)
+                self._row_changed(path)
+                self.caption_remove_requested.emit(path)
 
     def changed_on_disk(self) -> dict[Path, str | None]:
         """Caption files another program changed: path -> the text on disk now."""

@@ -348,6 +348,7 @@ class MainWindow(QMainWindow):
         c.caption_saved.connect(self.dataset_model.caption_saved)
         c.caption_failed.connect(self.dataset_model.caption_failed)
         c.captions_changed_on_disk.connect(self.dataset_model.mark_changed_on_disk)
+        self.dataset_model.caption_remove_requested.connect(c.remove_caption)
         c.captions_reloaded.connect(self.dataset_model.captions_reloaded)
         self.caption_grid.reload_requested.connect(c.reload_captions)
         self.caption_grid.keep_requested.connect(self._keep_captions)

@@ -9,6 +9,7 @@ import pytest
 from lora_studio.core.caption_files import (
     CaptionChangedOnDisk,
     captions_changed_on_disk,
+    remove_caption_checked,
     write_caption_checked,
 )
 from lora_studio.core.dataset import ImageItem
@@ -42,3 +43,14 @@ def test_unchanged_and_deleted_files_are_written(tmp_path: Path) -> None:
     (tmp_path / "a.txt").unlink()
     write_caption_checked(item, "again", "next")
     assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "again\n"
+
+
+def test_removing_a_caption_deletes_its_file_unless_someone_changed_it(tmp_path: Path) -> None:
+    item = _item(tmp_path, "added")
+    remove_caption_checked(item, "added")
+    assert not (tmp_path / "a.txt").exists() and item.caption is None
+    remove_caption_checked(item, None)  # already gone: nothing to do
+    (tmp_path / "a.txt").write_text("theirs\n", encoding="utf-8")
+    with pytest.raises(CaptionChangedOnDisk):
+        remove_caption_checked(item, "added")
+    assert (tmp_path / "a.txt").exists()

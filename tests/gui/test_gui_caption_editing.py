@@ -127,13 +127,11 @@ def test_a_batch_edit_previews_applies_as_one_undo_step_and_undo_rewrites_the_fi
     # Undo all the way back: the files are as they were.
     while grid.undo_stack.canUndo():
         grid.undo_stack.undo()
-    # (The two images without a caption keep an empty caption file after the undo.)
-    _wait(
-        qloop,
-        lambda: _settled(window) and {k: v for k, v in _captions(papercut).items() if v} == before,
-        "all undone",
-    )
-    assert _caption(papercut, 11) == ""
+    # Exactly: the two images without a caption have no caption file again.
+    _wait(qloop, lambda: _settled(window) and _captions(papercut) == before, "all undone")
+    assert not (papercut / "papercut_11.txt").exists()
+    row = _row(window, papercut, 11)
+    assert not window.dataset_model.index(row, Column.CAPTION).data(Role.HAS_CAPTION)
 
 
 def test_find_and_replace_shows_matches_and_a_bad_regex_says_why(
