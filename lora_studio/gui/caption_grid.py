@@ -711,6 +711,7 @@ class CaptionGrid(QWidget):
         self.completer = self._make_completer()
         self.delegate.completer = self.completer
         self.table.setItemDelegateForColumn(Column.CAPTION, self.delegate)
+        self.table.addAction(self.zoom_action)
         self.image_delegate = ImageDelegate(self.table)
         self.table.setItemDelegateForColumn(Column.IMAGE, self.image_delegate)
         self.proposal_delegate = ProposalDelegate(self.table)
@@ -992,6 +993,10 @@ class CaptionGrid(QWidget):
         self.zoom_action = action(
             "&Zoom image", ["Space"], self.zoom_current, "Show the image at full size"
         )
+        # Space only where it means nothing else: in the table (a focused button of the
+        # grid must still press with Space).
+        self.removeAction(self.zoom_action)
+        self.zoom_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
         self.batch_actions: dict[BatchKind, QAction] = {}
         keys = {BatchKind.ADD: ["Ctrl+E"], BatchKind.REPLACE: ["Ctrl+H"]}
         self.batch_menu = QMenu("&Batch edit", self)

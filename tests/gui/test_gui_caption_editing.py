@@ -260,6 +260,11 @@ def test_keyboard_navigation_and_zoom(make_window, qloop, papercut: Path) -> Non
 
     with Image.open(model.item(grid.proxy.mapToSource(first).row()).path) as img:
         assert (zoom.image.width(), zoom.image.height()) == img.size
+    zoom.close()
+    _activate(window)
+    grid.table.setFocus()
+    QTest.keyClick(grid.table, Qt.Key.Key_Space)  # Space in the table zooms too
+    assert zoom.isVisible()
     QTest.keyClick(zoom, Qt.Key.Key_Right)
     _wait(qloop, lambda: zoom.path == model.item(1).path and zoom.image is not None, "next")
     zoom.close()
