@@ -286,6 +286,8 @@ class StudioController(QObject):
         devices_detected(int, int): CUDA GPUs found, and CPU processes offered without.
         gpu_detected(str, float): the first CUDA GPU's name and memory in GB (``"", 0.0``:
             none), for the estimate's "does it fit" check.
+        backend_gpu(str, float): the remote server's GPU and its memory in GB, from "Test
+            connection" (ComfyUI), for the same check when the run trains there.
         buckets_changed(dict[Path, Placement | str]): each image's bucket (or why it has
             none) under the current settings.
         message(str, str): a message for the user: level (info/warning/error), text.
@@ -313,6 +315,7 @@ class StudioController(QObject):
     resume_available = Signal(object)
     devices_detected = Signal(int, int)
     gpu_detected = Signal(str, float)
+    backend_gpu = Signal(str, float)
     buckets_changed = Signal(object)
     jobs_listed = Signal(object)
     job_updated = Signal(object, object)
@@ -1070,6 +1073,8 @@ class StudioController(QObject):
             if backend is not None:
                 await _aclose(backend)
         self.backend_checked.emit(status.ok, status.message, checkpoints)
+        if status.ok and status.vram_gb:
+            self.backend_gpu.emit(status.device or "", float(status.vram_gb))
 
     def save_replicate_token(self, token: str) -> asyncio.Task[None]:
         """Keep ``token`` in the OS keyring (never in settings, files or logs)."""

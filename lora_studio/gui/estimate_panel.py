@@ -20,6 +20,7 @@ changed fields; the form turns them into a new config.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +100,19 @@ def cache_note(config: LoraConfig) -> str:
     return "Text cache off: the text encoder is trained."
 
 
-def device_text(estimate: Estimate | None, gpu: GpuInfo | None, remote: str = "") -> str:
-    """What the numbers are for: the GPU found here, or the reference hardware."""
+def device_text(
+    estimate: Estimate | None,
+    gpu: GpuInfo | None,
+    remote: str = "",
+    remote_gpu: GpuInfo | None = None,
+) -> str:
+    """What the numbers are for: the GPU found here (or on the server that trains), or the
+    reference hardware."""
+    if remote and remote_gpu is not None and remote_gpu.memory_gb > 0:
+        return (
+            f"Training on {remote}: {remote_gpu.name or 'its GPU'}, "
+            f"{remote_gpu.memory_gb:.0f} GB. Time is for {_hardware(estimate)}."
+        )
     if remote:
         return f"Training on {remote}: time and VRAM are for {_hardware(estimate)}."
     if gpu is None:
@@ -138,6 +150,7 @@ class EstimatePanel(QFrame):
         self._images = 0
         self._gpu: GpuInfo | None = None
         self._remote = ""
+        self._remote_gpu: GpuInfo | None = None
         self.suggestions: list[FitSuggestion] = []
         self.apply_buttons: list[QPushButton] = []
         self._dark: bool | None = None
@@ -228,9 +241,24 @@ class EstimatePanel(QFrame):
         self._show()
 
     def set_remote(self, where: str) -> None:
-        """Training elsewhere (``""``: here): no comparison with this computer's GPU."""
+        """Training elsewhere (``""``: here): no comparison with this computer's GPU (but
+        with the server's, once :meth:`set_remote_gpu` says what it has)."""
+        if where != self._remote:
+            self._remote_gpu = None
         self._remote = where
         self._show()
+
+    def set_remote_gpu(self, gpu: GpuInfo | None) -> None:
+        """The GPU of the server that trains (from its Test connection)."""
+        if gpu is not None:  # ComfyUI names it "cuda:0 NVIDIA GeForce RTX 4090"
+            gpu = GpuInfo(re.sub(r"^(cuda|mps|xpu):\d+\s+", "", gpu.name), gpu.memory_gb)
+        self._remote_gpu = gpu if self._remote else None
+        self._show()
+
+    @property
+    def compared_gpu(self) -> GpuInfo | None:
+        """The GPU the VRAM estimate is compared with (``None``: none known)."""
+        return self._remote_gpu if self._remote else self._gpu
 
     def set_remote_cost(self, text: str) -> None:
         """The Replicate cost line ("" hides it)."""
@@ -271,7 +299,7 @@ class EstimatePanel(QFrame):
 
     def _show(self) -> None:
         estimate, config = self._estimate, self._config
-        self.device_label.setText(device_text(estimate, self._gpu, self._remote))
+        self.device_label.setText(device_text(estimate, self._gpu, self._remote, self._remote_gpu))
         note = cache_note(config) if config is not None else ""
         self.cache_label.setText(note)
         self.cache_label.setVisible(bool(note))
@@ -285,8 +313,8 @@ class EstimatePanel(QFrame):
             return
         self.steps_label.setText(steps_formula(estimate, config, self._images))
         self.cost_label.setText(cost_text(estimate) if self._images else "")
-        gpu = self._gpu
-        if self._remote or gpu is None or gpu.memory_gb <= 0 or estimate.vram_gb <= gpu.memory_gb:
+        gpu = self.compared_gpu
+        if gpu is None or gpu.memory_gb <= 0 or estimate.vram_gb <= gpu.memory_gb:
             self._show_fit([], 0.0)
             return
         found = fit_suggestions(config, gpu.memory_gb, estimate.family, tiny=estimate.tiny)
@@ -302,11 +330,11 @@ class EstimatePanel(QFrame):
                 widget.deleteLater()
         self.apply_buttons = []
         self.suggestions = found
-        gpu = self._gpu
+        gpu = self.compared_gpu
         if gpu is None or needed <= 0:
             self.warning.hide()
             return
-        name = gpu.name or "the GPU here"
+        name = gpu.name or ("the server's GPU" if self._remote else "the GPU here")
         head = (
             f"\u26a0 Needs \u2248 {needed:.1f} GB of VRAM; {name} has {gpu.memory_gb:.0f} GB. "
             "Training would run out of memory."

@@ -369,6 +369,11 @@ class MainWindow(QMainWindow):
         c.resume_available.connect(self.job_monitor.set_resume_point)
         c.devices_detected.connect(self._on_devices_detected)
         c.gpu_detected.connect(self._on_gpu_detected)
+        c.backend_gpu.connect(
+            lambda name, memory: self.preset_form.estimate_panel.set_remote_gpu(
+                GpuInfo(name, memory)
+            )
+        )
         c.caption_saved.connect(self._update_status_dataset)
         c.buckets_changed.connect(self.dataset_model.set_placements)
         c.message.connect(self.show_message)

@@ -3,6 +3,9 @@ fixes, the Replicate cost in the same place, and colours that read in a dark pal
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from gui_helpers import open_and_wait, run
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QPalette
@@ -191,3 +194,41 @@ def test_the_form_is_drawn_for_a_dark_system_palette(qtbot, qapp) -> None:
         assert not form.grab().isNull()
     finally:
         qapp.setPalette(previous)
+
+
+def test_training_on_comfyui_compares_with_the_servers_gpu(
+    make_window, papercut, qloop, tmp_path
+) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+    from comfyui_server import FakeComfyUI
+
+    from lora_studio.core.jobs import BackendType
+
+    window = make_window(
+        config=SDXL.replace(name="remote_sdxl"), base_model=str(tmp_path / "on-the-server")
+    )
+    open_and_wait(qloop, window, papercut)
+    panel, backend = window.preset_form.estimate_panel, window.backend_panel
+
+    async def scenario() -> None:
+        fake = FakeComfyUI(tmp_path / "comfy", device="cuda")  # an RTX 4090, 24 GB
+        url = await fake.start()
+        try:
+            window.controller.gpu_detected.emit("Big local GPU", 80.0)
+            await wait_until(lambda: panel._estimate is not None, 20, what="the estimate")
+            assert not panel.over_budget  # 25 GB fits this computer's 80 GB
+            box = backend.kind_box
+            box.setCurrentIndex(box.findData(BackendType.COMFYUI.value))
+            box.activated.emit(box.currentIndex())
+            backend.comfy_url_edit.setText(url)
+            backend.comfy_url_edit.editingFinished.emit()
+            assert "ComfyUI" in panel.device_label.text() and not panel.over_budget
+            backend.test_button.click()
+            await wait_until(lambda: panel.over_budget, 30, what="the server's GPU")
+            assert "NVIDIA GeForce RTX 4090 has 24 GB" in panel.warning_label.text()
+            assert "24 GB" in panel.device_label.text()
+            assert panel.suggestions  # the same fixes apply to a run on the server
+        finally:
+            await fake.stop()
+
+    run(qloop, scenario())
