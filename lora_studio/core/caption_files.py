@@ -64,11 +64,37 @@ def write_caption_checked(
     return write_caption(item, text)
 
 
-def captions_changed_on_disk(items: Iterable[tuple[ImageItem, str | None]]) -> dict:
+class CaptionStamps:
+    """Remembers each caption file's modification time and size, so that looking for
+    outside changes again only reads the files that were touched since the last look."""
+
+    def __init__(self) -> None:
+        self._seen: dict = {}
+
+    def touched(self, item: ImageItem) -> bool:
+        """``item``'s caption file changed (or appeared, or went) since the last call."""
+        path = item.metadata.file if item.metadata is not None else item.caption_path
+        try:
+            info = path.stat()
+            stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
+        except OSError:
+            stamp = None
+        key = (item.path, path)
+        before = self._seen.get(key, ())
+        self._seen[key] = stamp
+        return before != stamp
+
+
+def captions_changed_on_disk(
+    items: Iterable[tuple[ImageItem, str | None]], stamps: CaptionStamps | None = None
+) -> dict:
     """The captions that differ on disk from what the app knows: ``{path: disk text}``
-    for each ``(item, known caption)`` whose file changed."""
+    for each ``(item, known caption)`` whose file changed. With ``stamps``, only the files
+    touched since its last look are read (the first look reads them all)."""
     changed: dict = {}
     for item, known in items:
+        if stamps is not None and not stamps.touched(item):
+            continue
         on_disk = disk_caption(item)
         if not _same(on_disk, known):
             changed[item.path] = on_disk

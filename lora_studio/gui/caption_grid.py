@@ -1101,6 +1101,10 @@ class CaptionGrid(QWidget):
 
     def open_batch_dialog(self, kind: BatchKind = BatchKind.ADD) -> BatchEditDialog:
         """Open the batch edit dialog (not modal for tests: ``open()``), showing ``kind``."""
+        editor = self.delegate.editor
+        if editor is not None:  # its text first, or closing it later would undo the batch
+            self.delegate.commitData.emit(editor)
+            self.delegate.closeEditor.emit(editor, QAbstractItemDelegate.EndEditHint.NoHint)
         self.recount_if_needed()
         shown_rows = [
             self.proxy.mapToSource(self.proxy.index(r, 0)).row()

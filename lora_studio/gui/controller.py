@@ -60,6 +60,7 @@ from lora_studio.core.base_model import (
 )
 from lora_studio.core.caption_files import (
     CaptionChangedOnDisk,
+    CaptionStamps,
     captions_changed_on_disk,
     remove_caption_checked,
     write_caption_checked,
@@ -369,6 +370,7 @@ class StudioController(QObject):
         self._caption_tasks: dict[Path, asyncio.Task[None]] = {}
         self._caption_force: set[Path] = set()
         self._disk_check: asyncio.Task[None] | None = None
+        self._caption_stamps = CaptionStamps()  # only touched files are read again
         self._estimate_dirty = False
         self._estimate_task: asyncio.Task[None] | None = None
         self._base_model_generation = 0
@@ -675,7 +677,7 @@ class StudioController(QObject):
             for path, item in items.items()
             if path not in self._caption_tasks
         ]
-        changed = await asyncio.to_thread(captions_changed_on_disk, known)
+        changed = await asyncio.to_thread(captions_changed_on_disk, known, self._caption_stamps)
         # A save that ran meanwhile wrote its own text: that is no outside change.
         changed = {
             path: text

@@ -8,6 +8,7 @@ import pytest
 
 from lora_studio.core.caption_files import (
     CaptionChangedOnDisk,
+    CaptionStamps,
     captions_changed_on_disk,
     remove_caption_checked,
     write_caption_checked,
@@ -54,3 +55,13 @@ def test_removing_a_caption_deletes_its_file_unless_someone_changed_it(tmp_path:
     with pytest.raises(CaptionChangedOnDisk):
         remove_caption_checked(item, "added")
     assert (tmp_path / "a.txt").exists()
+
+
+def test_stamps_read_only_the_files_touched_since_the_last_look(tmp_path: Path) -> None:
+    item = _item(tmp_path, "mine")
+    stamps = CaptionStamps()
+    assert captions_changed_on_disk([(item, "mine")], stamps) == {}
+    (tmp_path / "a.txt").write_text("theirs, longer\n", encoding="utf-8")
+    assert captions_changed_on_disk([(item, "mine")], stamps) == {item.path: "theirs, longer"}
+    # Untouched since: not read again (the app has not taken it yet, but it was reported).
+    assert captions_changed_on_disk([(item, "mine")], stamps) == {}
