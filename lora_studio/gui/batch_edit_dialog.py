@@ -318,7 +318,7 @@ def _highlight(text: str, pattern: object) -> str:
     for match in find_matches(text, pattern):
         parts.append(html.escape(text[last : match.start]))
         parts.append(
-            f'<span style="background-color:{MATCH_BACKGROUND};">{html.escape(match.text)}</span>'
+            f'<span style="background-color:{MATCH_BACKGROUND}; color:#000000;">{html.escape(match.text)}</span>'
         )
         last = match.end
     parts.append(html.escape(text[last:]))
