@@ -194,3 +194,15 @@ def test_a_progress_bar_while_the_folder_opens_and_is_checked(make_window, qloop
     assert seen[0] == (0, 0)
     assert seen[1] == (0, 12)  # checking the images: done / 12
     assert not browser.progress.isVisible()
+
+
+def test_a_folder_that_fails_to_open_leaves_no_busy_bar(make_window, qloop, tmp_path):
+    window = make_window()
+
+    async def scenario() -> None:
+        failed = signal_future(window.controller.dataset_failed)
+        window.controller.open_dataset(tmp_path / "not here")
+        await failed
+
+    run(qloop, scenario())
+    assert not window.browser.progress.isVisible()
