@@ -44,6 +44,7 @@ test: $(STAMP)
 # Each prints ratios measured in the same run; about 8 minutes on an idle 2-core machine.
 bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_index.py --images 10000
+	$(TEST_ENV) $(BIN)/python benchmarks/bench_browser.py --images 10000
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_prepare.py --photos --images 300 --resolution 1024 --buckets
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_caption.py --images 100
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_train.py --steps 30 --rounds 2 --threads 1
