@@ -212,11 +212,11 @@ class FramesDialog(QDialog):
         self.out_edit.setToolTip(
             "Where the frames are saved (created if needed; nothing in it is replaced)."
         )
-        browse = QPushButton("Browse\u2026")
-        browse.clicked.connect(self._browse)
+        self.browse_button = QPushButton("Browse\u2026")
+        self.browse_button.clicked.connect(self._browse)
         out_row = QHBoxLayout()
         out_row.addWidget(self.out_edit, 1)
-        out_row.addWidget(browse)
+        out_row.addWidget(self.browse_button)
 
         form = QFormLayout()
         form.addRow("Pick", self.sampling)
@@ -308,6 +308,7 @@ class FramesDialog(QDialog):
             self.every_stack,
             self.max_frames,
             self.out_edit,
+            self.browse_button,
             self.extract_button,
         ):
             widget.setEnabled(not running)

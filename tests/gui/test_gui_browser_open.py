@@ -90,6 +90,7 @@ def test_a_dropped_video_is_extracted_into_a_dataset(make_window, qloop, tmp_pat
         loaded = signal_future(window.controller.dataset_loaded)
         dialog.extract_button.click()
         assert not dialog.extract_button.isEnabled()
+        assert not dialog.browse_button.isEnabled()
         assert dialog.cancel_button.text() == "Cancel"
         (dataset,) = await loaded
         assert dataset.root == tmp_path / "clips" / "holiday_frames"
