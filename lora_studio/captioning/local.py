@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_studio.captioning.base import Caption, CaptionerError, ModelNotFound
 from lora_studio.core.base_model import hf_hub_cache
+from lora_studio.core.model_lock import MODEL_BUILD_LOCK
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -212,9 +213,13 @@ class LocalBlipProvider:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         log.info("Loading %s from %s on %s", self.label, folder, device)
         try:
-            processor = processor_cls.from_pretrained(folder, local_files_only=True)
-            model = model_cls.from_pretrained(folder, local_files_only=True, **_dtype_kwarg(dtype))
-            model = model.to(device)
+            # see core/model_lock.py: the trainer may be loading a model on another thread
+            with MODEL_BUILD_LOCK:
+                processor = processor_cls.from_pretrained(folder, local_files_only=True)
+                model = model_cls.from_pretrained(
+                    folder, local_files_only=True, **_dtype_kwarg(dtype)
+                )
+                model = model.to(device)
             model.eval()
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise ModelNotFound(

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -27,11 +26,12 @@ from safetensors import SafetensorError
 from lora_studio.core.base_model import BUILTIN_MODELS, builtin_model_path
 from lora_studio.core.config import ModelFamily
 from lora_studio.core.errors import ModelError
+from lora_studio.core.model_lock import MODEL_BUILD_LOCK
 
 log = logging.getLogger(__name__)
 
 TINY_MODEL_REVISION = 1
-_BUILD_LOCK = threading.Lock()
+_BUILD_LOCK = MODEL_BUILD_LOCK  # building a model: see core/model_lock.py
 
 # Words the tiny tokenizer learns merges from, so common caption words become one or a
 # few tokens instead of one token per letter.

@@ -45,6 +45,7 @@ from lora_studio.core.errors import (
 )
 from lora_studio.core.estimates import plan_steps
 from lora_studio.core.jobs import LOG_TAIL, JobStatus, Progress, thin_history
+from lora_studio.core.model_lock import MODEL_BUILD_LOCK
 from lora_studio.core.request import TrainingRequest
 from lora_studio.training import checkpoints as ckpt
 from lora_studio.training.cache import RunCaches, latent_key, module_fingerprint, text_key
@@ -442,7 +443,8 @@ class Trainer:
 
         self._publish(message=f"Loading {run.ref.display_name}")
         self._log(f"Loading base model {run.ref.ref}")
-        comps = run.family.load(run.ref, run.local_path, run.weight_dtype)
+        with MODEL_BUILD_LOCK:  # see core/model_lock.py: a captioner may load meanwhile
+            comps = run.family.load(run.ref, run.local_path, run.weight_dtype)
         run.comps = comps
         self._check_stop()
         for module in (comps.vae, *comps.text_encoders, comps.denoiser):
@@ -601,10 +603,11 @@ class Trainer:
         comps = run.comps
         targets = self._targets(run)
         run.peft_configs["denoiser"] = self._lora_config(targets, conv=run.family.has_conv_layers)
-        try:
-            comps.denoiser.add_adapter(run.peft_configs["denoiser"])
-        except ValueError as exc:
-            raise TrainingError(f"Cannot put LoRA layers on {targets}: {exc}") from None
+        with MODEL_BUILD_LOCK:  # new parameters: not while another thread loads a model
+            try:
+                comps.denoiser.add_adapter(run.peft_configs["denoiser"])
+            except ValueError as exc:
+                raise TrainingError(f"Cannot put LoRA layers on {targets}: {exc}") from None
         trained: list[tuple[torch.nn.Module, float]] = [(comps.denoiser, config.learning_rate)]
         run.text_encoders = list(comps.text_encoders)
         if config.train_text_encoder:
@@ -618,7 +621,8 @@ class Trainer:
                     list(run.family.text_encoder_target_modules), conv=False
                 )
                 run.peft_configs[f"text_encoder_{i}"] = peft_config
-                inject_adapter_in_model(peft_config, comps.text_encoders[i])
+                with MODEL_BUILD_LOCK:
+                    inject_adapter_in_model(peft_config, comps.text_encoders[i])
                 trained.append((comps.text_encoders[i], config.effective_text_encoder_lr))
         if config.gradient_checkpointing:
             comps.denoiser.enable_gradient_checkpointing()
