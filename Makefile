@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 TEST_ENV := QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 	TOKENIZERS_PARALLELISM=false
 
-.PHONY: run test bench lint screenshot install clean package package-smoke
+.PHONY: run test bench lint screenshot screenshots install clean package package-smoke
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ screenshot: $(STAMP)
 	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(BIN)/python scripts/screenshot.py docs/screenshot.png
 	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(BIN)/python scripts/screenshot_captioning.py \
 		docs/screenshot-captioning.png --dialog docs/screenshot-caption-dialog.png --width 1600
+
+# The README's gallery: each panel with real content (a captioning run against a loopback
+# stand-in, a tiny-model training run caught mid-way), docs/screenshots/*.png.
+screenshots: $(STAMP)
+	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(BIN)/python scripts/screenshots.py docs/screenshots
 
 # The desktop app as one folder, dist/lora-studio/ (PyInstaller, packaging/lora-studio.spec;
 # notes for Linux, Windows and macOS in packaging/README.md). It bundles the torch in .venv:

@@ -527,12 +527,12 @@ class JobMonitor(QWidget):
         bar = self.log_view.verticalScrollBar()
         self._log_follow = bar.sliderPosition() >= bar.maximum() - 1
 
-    def elapsed_s(self) -> float | None:
-        """The elapsed time shown (``None``: none)."""
+    def elapsed_s(self, now: float | None = None) -> float | None:
+        """The elapsed time (as of ``now``, a ``time.time()``; ``None``: none)."""
         if self._clock is None:
             return None
         start, end = self._clock
-        return (end if end is not None else time.time()) - start
+        return (end if end is not None else (time.time() if now is None else now)) - start
 
     @property
     def clock_running(self) -> bool:
@@ -554,12 +554,12 @@ class JobMonitor(QWidget):
             self._clock = (now - elapsed, now)
         self._show_elapsed()
 
-    def _on_tick(self) -> None:
+    def _on_tick(self, now: float) -> None:
         if self.clock_running:
-            self._show_elapsed()
+            self._show_elapsed(now)
 
-    def _show_elapsed(self) -> None:
-        elapsed = self.elapsed_s()
+    def _show_elapsed(self, now: float | None = None) -> None:
+        elapsed = self.elapsed_s(now)
         self.elapsed_label.setText("" if elapsed is None else f"Elapsed {format_clock(elapsed)}")
 
     def _show_charts(self, progress: Progress) -> None:
@@ -616,7 +616,7 @@ class JobMonitor(QWidget):
         self.samples.show()
         total = sum(self.body.sizes()) or self.body.width()
         # The charts keep the most room; the samples and the log share the rest.
-        charts, samples = total * 38 // 100, total * 26 // 100
+        charts, samples = total * 34 // 100, total * 28 // 100
         self.body.setSizes([charts, samples, total - charts - samples])
 
     def _on_cancel_clicked(self) -> None:

@@ -99,6 +99,9 @@ class JobsModel(QAbstractTableModel):
         self._jobs: list[Job] = []
         self._progress: dict[str, Progress] = {}
         self._rows: dict[str, int] = {}
+        #: the clock's last tick: running jobs' elapsed times are read at it, so a second
+        #: shown here is the one the job monitor's header shows
+        self._now: float | None = None
 
     # ---- data in -----------------------------------------------------------------------
 
@@ -142,8 +145,10 @@ class JobsModel(QAbstractTableModel):
             self._jobs[row] = job
         self.dataChanged.emit(self.index(row, 0), self.index(row, len(HEADERS) - 1))
 
-    def tick(self) -> None:
-        """Refresh the elapsed time of the jobs that are running."""
+    def tick(self, now: float | None = None) -> None:
+        """Refresh the elapsed time of the jobs that are running (as of ``now``, a
+        ``time.time()``; default: now)."""
+        self._now = time.time() if now is None else now
         for row, job in enumerate(self._jobs):
             if not job.status.is_finished and job.status is not JobStatus.QUEUED:
                 index = self.index(row, JobColumn.ELAPSED)
@@ -258,7 +263,7 @@ class JobsModel(QAbstractTableModel):
         progress = self._progress.get(job.id)
         if job.started_at is not None:
             if not job.status.is_finished:
-                return time.time() - job.started_at
+                return max(0.0, (self._now or time.time()) - job.started_at)
             if job.finished_at is not None:
                 return job.finished_at - job.started_at
         if progress is not None and progress.elapsed_s > 0:

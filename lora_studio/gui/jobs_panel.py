@@ -9,6 +9,7 @@ user asked for; the controller does it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from PySide6.QtCore import (
@@ -80,7 +81,8 @@ class JobsPanel(QWidget):
         cancel_requested(str), retry_requested(str), resume_requested(str): the action,
             with the job's id.
         move_requested(str, int): move the waiting job by -1 (up) or +1 (down).
-        ticked(): a second passed (the running jobs' elapsed times were refreshed).
+        ticked(float): a second passed, at this ``time.time()`` (the running jobs' elapsed
+            times were refreshed as of it).
     """
 
     job_selected = Signal(object)
@@ -88,8 +90,8 @@ class JobsPanel(QWidget):
     retry_requested = Signal(str)
     resume_requested = Signal(str)
     move_requested = Signal(str, int)
-    #: every second (the job monitor's elapsed time ticks with the list's)
-    ticked = Signal()
+    #: every second, with the time (the job monitor's elapsed time ticks with the list's)
+    ticked = Signal(float)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -276,9 +278,10 @@ class JobsPanel(QWidget):
         self.view.setColumnHidden(JobColumn.COST, not paid)
 
     def _tick(self) -> None:
+        now = time.time()
         if self.isVisible() and self.model.has_running():
-            self.model.tick()
-        self.ticked.emit()
+            self.model.tick(now)
+        self.ticked.emit(now)
 
     def _update_buttons(self) -> None:
         job = self.selected_job()

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QPushButton,
+    QStyle,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -88,10 +89,11 @@ class SampleGallery(QWidget):
         self.list.setViewMode(QListView.ViewMode.IconMode)
         self.list.setIconSize(QSize(ICON, ICON))
         self.list.setGridSize(QSize(ICON + 14, ICON + 26))
-        # One row, newest on the left, older ones to scroll to: a timeline of the run.
+        # Newest first, read like text: the latest step's prompts side by side, older
+        # steps below them to scroll to.
         self.list.setFlow(QListView.Flow.LeftToRight)
-        self.list.setWrapping(False)
-        self.list.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setWrapping(True)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setResizeMode(QListView.ResizeMode.Adjust)
         self.list.setMovement(QListView.Movement.Static)
         self.list.setUniformItemSizes(True)
@@ -101,7 +103,7 @@ class SampleGallery(QWidget):
         self.list.customContextMenuRequested.connect(self._context_menu)
         self.list.itemClicked.connect(self._open_item)
         self.list.setMinimumWidth(ICON + 40)
-        self.list.viewport().installEventFilter(self)
+        self.list.installEventFilter(self)
         self._icon = ICON
 
         layout = QVBoxLayout(self)
@@ -187,11 +189,16 @@ class SampleGallery(QWidget):
     # ---- internals -----------------------------------------------------------------------
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
-        if event.type() == QEvent.Type.Resize and watched is self.list.viewport():
-            # Thumbnails as big as the pane's height allows (one row; the horizontal
-            # scroll bar takes its share of the height when it shows).
-            text = self.list.fontMetrics().height()
-            size = max(MIN_ICON, min(MAX_ICON, self.list.viewport().height() - text - 14))
+        if event.type() == QEvent.Type.Resize and watched is self.list:
+            # Thumbnails as big as the pane allows: two side by side, one row high at
+            # least. Measured on the list itself (room for its scroll bar kept), so a
+            # scroll bar that comes and goes does not make the size flicker.
+            lst = self.list
+            text = lst.fontMetrics().height()
+            bar = lst.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+            width = lst.width() - 2 * lst.frameWidth() - bar - 6
+            height = lst.height() - 2 * lst.frameWidth() - 4
+            size = max(MIN_ICON, min(MAX_ICON, width // 2 - 14, height - text - 14))
             if size != self._icon:
                 self._icon = size
                 self.list.setIconSize(QSize(size, size))
