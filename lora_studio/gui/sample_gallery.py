@@ -345,13 +345,17 @@ class SamplePreview(QDialog):
         if path != self.path:
             return
         pixmap = QPixmap.fromImage(image)
-        if max(pixmap.width(), pixmap.height()) < PREVIEW:
-            # A small sample (a 64 px test run) is enlarged with sharp pixels, not blurred.
+        side = max(pixmap.width(), pixmap.height())
+        if side < PREVIEW:
+            # A tiny sample (a 64 px test run) is enlarged with sharp pixels, not blurred;
+            # a bigger one smoothly.
             pixmap = pixmap.scaled(
                 PREVIEW,
                 PREVIEW,
                 Qt.AspectRatioMode.KeepAspectRatio,
-                Qt.TransformationMode.FastTransformation,
+                Qt.TransformationMode.FastTransformation
+                if side <= 128
+                else Qt.TransformationMode.SmoothTransformation,
             )
         self.image.setPixmap(pixmap)
 
