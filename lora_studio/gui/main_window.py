@@ -40,13 +40,17 @@ from PySide6.QtGui import (
     QResizeEvent,
 )
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMessageBox,
+    QPlainTextEdit,
     QSplitter,
+    QTextEdit,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -674,6 +678,13 @@ class MainWindow(QMainWindow):
         dialog.open()
 
     def _train_if_enabled(self) -> None:
+        # Ctrl+Return while typing a caption ends the edit (as in the editor's own keys),
+        # it must not start a training run by surprise.
+        focused = QApplication.focusWidget()
+        if isinstance(focused, QLineEdit | QPlainTextEdit | QTextEdit) and not (
+            self.preset_form.isAncestorOf(focused)
+        ):
+            return
         if self.preset_form.train_button.isEnabled():
             self.preset_form.train_button.click()
 
