@@ -38,6 +38,7 @@ import shutil
 import stat
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -332,6 +333,8 @@ class StudioController(QObject):
     token_state_changed = Signal(str)
     remote_cost_changed = Signal(str)
     message = Signal(str, str)
+    #: the traceback behind the last "Unexpected error" message, for its Details button
+    error_details = Signal(str)
 
     def __init__(
         self,
@@ -1423,6 +1426,9 @@ class StudioController(QObject):
             f"Unexpected error while trying to {what}: {type(exc).__name__}: {exc} "
             f"(details in {log_file()}).",
         )
+        if not self._closed:
+            details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            self.error_details.emit(f"While trying to {what}:\n\n{details}")
 
     def _say(self, level: str, text: str) -> None:
         log.log({INFO: logging.INFO, WARNING: logging.WARNING}.get(level, logging.ERROR), text)

@@ -127,6 +127,13 @@ class MessageBar(QFrame):
         self.label = QLabel()
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.details_button = QToolButton()
+        self.details_button.setText("Details\u2026")
+        self.details_button.setAutoRaise(True)
+        self.details_button.setToolTip("What exactly went wrong (to copy into a bug report)")
+        self.details_button.clicked.connect(self.show_details)
+        self.details_button.hide()
+        self.details = ""
         self.close_button = QToolButton()
         self.close_button.setText("\u2715")
         self.close_button.setAutoRaise(True)
@@ -136,6 +143,7 @@ class MessageBar(QFrame):
         layout.setContentsMargins(10, 6, 6, 6)
         layout.addWidget(self.icon)
         layout.addWidget(self.label, 1)
+        layout.addWidget(self.details_button)
         layout.addWidget(self.close_button)
         self.level = INFO
         self.hide()
@@ -152,7 +160,20 @@ class MessageBar(QFrame):
         )
         self.icon.setText(icon)
         self.label.setText(text)
+        self.set_details("")  # a new message; its details (if any) follow it
         self.show()
+
+    def set_details(self, details: str) -> None:
+        """Offer ``details`` (a traceback) behind the Details button; empty: no button."""
+        self.details = details
+        self.details_button.setVisible(bool(details))
+
+    def show_details(self) -> None:
+        box = QMessageBox(QMessageBox.Icon.Critical, "Details", self.label.text(), parent=self)
+        box.setDetailedText(self.details)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.open()
+        self.details_box = box
 
 
 class DropHint(QLabel):
@@ -381,6 +402,7 @@ class MainWindow(QMainWindow):
         c.caption_saved.connect(self._update_status_dataset)
         c.buckets_changed.connect(self.dataset_model.set_placements)
         c.message.connect(self.show_message)
+        c.error_details.connect(self.message_bar.set_details)
 
         self.dataset_model.caption_edit_requested.connect(c.save_caption)
         self.browser.open_folder_requested.connect(self.choose_dataset_folder)
