@@ -374,6 +374,8 @@ class StudioController(QObject):
         self._items: dict[Path, ImageItem] = {}
         self._dataset_generation = 0
         self._image_check_stop: threading.Event | None = None
+        # Until this time.monotonic(), the image check waits (the user is scrolling).
+        self._background_hold_until = 0.0
         self.validation: ValidationReport | None = None
         self._caption_pending: dict[Path, str | None] = {}  # None: remove the caption
         self._caption_items: dict[Path, ImageItem] = {}
@@ -553,6 +555,20 @@ class StudioController(QObject):
         self.validation_progress.emit(0, len(dataset))
         self._spawn(self._validate(dataset, stop), "check the images")
 
+    def hold_background_work(self, seconds: float = 0.5) -> None:
+        """The user is scrolling: the image check starts no new image for ``seconds``.
+
+        Its Python parts hold the GIL on a worker thread; with the window's thread
+        waiting behind them, scrolling a 10,000-image grid stalled up to ~0.3 s.
+        """
+        self._background_hold_until = max(self._background_hold_until, time.monotonic() + seconds)
+
+    def _held_or_stopped(self, stop: threading.Event) -> bool:
+        # On the check's thread, between images (validate_dataset's should_stop).
+        while not stop.is_set() and time.monotonic() < self._background_hold_until:
+            time.sleep(0.05)
+        return stop.is_set()
+
     async def _read_file_sizes(self, dataset: Dataset) -> None:
         # After the dataset is shown: a stat() per image is ~0.1 s at 10,000 images.
         sizes = await asyncio.to_thread(_file_sizes, dataset)
@@ -576,7 +592,7 @@ class StudioController(QObject):
             family=self.creator.config.family,
             min_side=validation_min_side(self.creator.config),
             progress=progress,
-            should_stop=stop.is_set,
+            should_stop=functools.partial(self._held_or_stopped, stop),
             workers=max(1, (os.cpu_count() or 2) - 1),
         )
         if stop.is_set() or dataset is not self.creator.dataset:

@@ -446,6 +446,9 @@ class MainWindow(QMainWindow):
         self.backend_panel.token_save_requested.connect(c.save_replicate_token)
 
         self.browser.view.selectionModel().selectionChanged.connect(self._sync_from_browser)
+        self.browser.view.verticalScrollBar().valueChanged.connect(
+            lambda _value: self.controller.hold_background_work()
+        )
         self.caption_grid.table.selectionModel().selectionChanged.connect(self._sync_from_grid)
         self.browser.view.doubleClicked.connect(
             lambda index: self.caption_grid.edit_caption(self.browser.source_row(index))

@@ -206,3 +206,28 @@ def test_a_folder_that_fails_to_open_leaves_no_busy_bar(make_window, qloop, tmp_
 
     run(qloop, scenario())
     assert not window.browser.progress.isVisible()
+
+
+def test_scrolling_holds_the_image_check(make_window, qloop, papercut):
+    """While the user scrolls the browser, the background check starts no new image."""
+    import time
+
+    window = make_window()
+    held_until: list[float] = []
+
+    async def scenario() -> float:
+        loading = signal_future(window.controller.dataset_loading)
+        validated = signal_future(window.controller.dataset_validated)
+        window.controller.open_dataset(papercut)
+        await loading
+        window.controller.hold_background_work(1.0)  # as a scroll does, for 1 s
+        held_until.append(time.monotonic() + 1.0)
+        await validated
+        return time.monotonic()
+
+    validated_at = run(qloop, scenario())
+    assert validated_at >= held_until[0] - 0.05
+    # The browser's scroll bar is what asks for it.
+    before = window.controller._background_hold_until
+    window.browser.view.verticalScrollBar().valueChanged.emit(1)
+    assert window.controller._background_hold_until > before
