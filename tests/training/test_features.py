@@ -289,9 +289,7 @@ def test_a_convolution_among_custom_targets_keeps_the_lora_alpha(small_dataset, 
     at the wrong strength."""
     targets = "to_q,to_k,to_v,to_out.0,proj_in"
     result = Trainer(
-        _request(
-            small_dataset, tmp_path / "out", target_modules=targets, alpha=8.0, conv_alpha=1.0
-        )
+        _request(small_dataset, tmp_path / "out", target_modules=targets, alpha=8.0, conv_alpha=1.0)
     ).train()
     tensors = _tensors(result.output_path)
     proj_in = [k for k in tensors if k.endswith("proj_in.lora_down.weight")]
