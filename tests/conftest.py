@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +67,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     around every later test; a window test's leftovers (a deleted object's queued event)
     would then surface in an unrelated test. The order within each group is kept."""
     items.sort(key=lambda item: Path(str(item.path)).parent.name == "gui")
+
+
+@pytest.fixture
+def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The OS keyring replaced by an in-memory one (tests/memory_keyring.py), and no token
+    in the environment."""
+    import keyring
+    from memory_keyring import TOKEN_VARIABLES, MemoryKeyring
+
+    for name in TOKEN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    previous = keyring.get_keyring()
+    backend = MemoryKeyring()
+    keyring.set_keyring(backend)
+    yield backend
+    keyring.set_keyring(previous)

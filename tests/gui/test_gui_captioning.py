@@ -12,11 +12,9 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import keyring
-import keyring.backend
-import keyring.errors
 import pytest
 from gui_helpers import open_and_wait, run
+from memory_keyring import MemoryKeyring
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtTest import QTest
 
@@ -40,37 +38,6 @@ from lora_studio.gui.caption_dialog import CaptionRunDialog  # noqa: E402
 from lora_studio.gui.dataset_model import Column, Role  # noqa: E402
 from lora_studio.gui.main_window import MainWindow  # noqa: E402
 from lora_studio.gui.proposal_review import ACCEPT, OVERWRITE  # noqa: E402
-
-
-class MemoryKeyring(keyring.backend.KeyringBackend):
-    """A keyring backend that keeps passwords in a dict (the OS keyring's stand-in)."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.passwords: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.passwords.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.passwords[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        if self.passwords.pop((service, username), None) is None:
-            raise keyring.errors.PasswordDeleteError("not stored")
-
-
-@pytest.fixture
-def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryKeyring]:
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    previous = keyring.get_keyring()
-    backend = MemoryKeyring()
-    keyring.set_keyring(backend)
-    yield backend
-    keyring.set_keyring(previous)
 
 
 @pytest.fixture

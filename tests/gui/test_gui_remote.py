@@ -20,7 +20,7 @@ import keyring
 import pytest
 from aiohttp import web_app
 from gui_helpers import close_window, fast_config, run
-from keyring.backend import KeyringBackend
+from memory_keyring import MemoryKeyring
 from PySide6.QtCore import QEvent
 from PySide6.QtWidgets import QApplication
 
@@ -41,36 +41,6 @@ from lora_studio.gui.async_signals import signal_future, wait_until  # noqa: E40
 from lora_studio.gui.controller import StudioController  # noqa: E402
 from lora_studio.gui.main_window import MainWindow  # noqa: E402
 from lora_studio.gui.settings import open_settings  # noqa: E402
-
-
-class MemoryKeyring(KeyringBackend):
-    """A real keyring backend that keeps passwords in memory."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.passwords: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.passwords.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.passwords[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        self.passwords.pop((service, username), None)
-
-
-@pytest.fixture
-def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryKeyring]:
-    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
-    monkeypatch.delenv("COMFYUI_API_TOKEN", raising=False)
-    previous = keyring.get_keyring()
-    backend = MemoryKeyring()
-    keyring.set_keyring(backend)
-    yield backend
-    keyring.set_keyring(previous)
 
 
 def quick_backends(spec: JobSpec) -> TrainingBackend:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import keyring
-import pytest
 from gui_helpers import run
 from keyring.backend import KeyringBackend
 from keyring.errors import NoKeyringError
@@ -39,25 +37,6 @@ HF_TOKEN = "hf_SettingsTest0123456789"
 OPENAI_KEY = "sk-settings-test-0123"
 
 
-class MemoryKeyring(KeyringBackend):
-    """A real keyring backend that keeps passwords in memory."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.passwords: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.passwords.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.passwords[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        self.passwords.pop((service, username), None)
-
-
 class NoKeyring(KeyringBackend):
     """A system without a keyring (a headless Linux box)."""
 
@@ -71,17 +50,6 @@ class NoKeyring(KeyringBackend):
 
     def delete_password(self, service: str, username: str) -> None:
         raise NoKeyringError("no keyring here")
-
-
-@pytest.fixture
-def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryKeyring]:
-    for source in (secrets.REPLICATE, secrets.HUGGINGFACE, secrets.OPENAI):
-        monkeypatch.delenv(source.env_var, raising=False)
-    previous = keyring.get_keyring()
-    backend = MemoryKeyring()
-    keyring.set_keyring(backend)
-    yield backend
-    keyring.set_keyring(previous)
 
 
 def whoami(request: Request) -> Reply:
