@@ -273,3 +273,75 @@ def test_a_live_run_in_another_process_is_not_taken_for_an_interrupted_one(
         assert "It left no checkpoint" in (job.error or "")
     finally:
         store.close()
+
+
+WINDOW_BATCH_EDIT = """
+    import asyncio, sys
+    from pathlib import Path
+
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    import lora_studio.gui  # noqa: F401 - Qt compatibility first
+    from lora_studio.gui.async_signals import signal_future
+    from lora_studio.gui.controller import StudioController
+    from lora_studio.gui.main_window import MainWindow
+    from lora_studio.gui.settings import open_settings
+
+    folder, home = Path(sys.argv[1]), Path(sys.argv[2])
+    app = QApplication([])
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    controller = StudioController(output_dir=home / "outputs", loop=loop)
+    window = MainWindow(controller, open_settings(home / "settings.ini"), confirm_close=False)
+    window.show()
+    # acknowledged = the window reported the caption saved
+    controller.caption_saved.connect(
+        lambda path, text: print(Path(path).name, text.split(", ")[1], flush=True)
+    )
+
+    async def edit() -> None:
+        loaded = signal_future(controller.dataset_loaded)
+        controller.open_dataset(folder)
+        await loaded
+        for round_ in range(1, 1000):  # the grid's batch edit, round after round
+            changes = {
+                item.path: (
+                    window.dataset_model.caption_or_none(item.path) or "",
+                    f"{item.path.stem}, round {round_}, " + "x" * 400,
+                )
+                for item in controller.dataset.images
+            }
+            window.caption_grid.apply_changes(changes, f"round {round_}")
+            await asyncio.sleep(0.02)
+
+    loop.run_until_complete(edit())
+"""
+
+
+def test_a_kill_of_the_window_mid_batch_edit_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """The app itself (the window, offscreen) applies batch edits to 30 captions round
+    after round; it is SIGKILLed after 120 acknowledged saves, and the folder reopened."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    for n in range(30):
+        Image.new("RGB", (8, 8), (n, 0, 0)).save(folder / f"img{n:02d}.png")
+        (folder / f"img{n:02d}.txt").write_text(f"img{n:02d}, original\n", encoding="utf-8")
+    proc = _child(WINDOW_BATCH_EDIT, str(folder), str(tmp_path / "home"))
+    acked = _kill_after(proc, acks=120)
+
+    latest: dict[str, int] = {}
+    for line in acked:
+        name, round_ = line.split(" ", 1)
+        latest[name] = max(latest.get(name, 0), int(round_.split()[-1]))
+    assert len(latest) >= 10  # the kill came in the middle of it, many files in
+    for image in Dataset.from_directory(folder).images:
+        text = image.path.with_suffix(".txt").read_text(encoding="utf-8")
+        stem = image.path.stem
+        if text == f"{stem}, original\n":
+            assert image.path.name not in latest, f"{image.path.name}: an acknowledged save is lost"
+            continue
+        head, _, tail = text.rstrip("\n").partition(", round ")
+        round_, _, filler = tail.partition(", ")
+        assert head == stem and filler == "x" * 400, f"{image.path.name} is torn: {text!r}"
+        assert int(round_) >= latest.get(image.path.name, 0), f"{image.path.name} went back"
