@@ -11,8 +11,8 @@ from pathlib import Path
 import keyring
 import pytest
 from gui_helpers import close_window, open_and_wait, run
+from memory_keyring import MemoryKeyring
 from PySide6.QtCore import QSettings
-from test_gui_settings_dialog import MemoryKeyring
 
 from lora_studio.core import secrets
 from lora_studio.core.jobs import BackendType
