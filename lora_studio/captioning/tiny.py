@@ -205,7 +205,7 @@ def write_byte_level_bpe(folder: Path, corpus: str = _CORPUS, num_merges: int = 
     """Write a GPT-2 style byte-level BPE (``vocab.json`` + ``merges.txt``) as OPT uses:
     ``<s> <pad> </s> <unk>`` first, the 256 byte symbols, then merges learned from
     ``corpus`` (a word's leading space is the ``Ġ`` symbol). Returns the vocabulary size."""
-    from lora_studio.training.tiny import bytes_to_unicode
+    from lora_studio.training.tiny import bytes_to_unicode, merge_pairs
 
     folder.mkdir(parents=True, exist_ok=True)
     byte_map = bytes_to_unicode()
@@ -213,42 +213,13 @@ def write_byte_level_bpe(folder: Path, corpus: str = _CORPUS, num_merges: int = 
     for symbol in byte_map.values():
         vocab.setdefault(symbol, len(vocab))
     words = [tuple(byte_map[b] for b in (" " + w).encode("utf-8")) for w in corpus.lower().split()]
-    merges = _learn_merges(words, num_merges)
+    merges = merge_pairs(collections.Counter(words), num_merges)
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in merges]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(vocab)
-
-
-def _learn_merges(words: list[tuple[str, ...]], num_merges: int) -> list[tuple[str, str]]:
-    """BPE merges, most frequent pair first (ties: the smallest pair), deterministic."""
-    counts: collections.Counter[tuple[str, ...]] = collections.Counter(words)
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
-        for symbols, freq in counts.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pairs[pair] += freq
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        merged: collections.Counter[tuple[str, ...]] = collections.Counter()
-        for symbols, freq in counts.items():
-            out: list[str] = []
-            i = 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] += freq
-        counts = merged
-    return merges
 
 
 # ---- saving -------------------------------------------------------------------------------

@@ -76,6 +76,14 @@ def learn_bpe(corpus: str, num_merges: int) -> list[tuple[str, str]]:
     for word in corpus.lower().split():
         chars = [byte_map[b] for b in word.encode("utf-8")]
         words[tuple(chars[:-1]) + (chars[-1] + "</w>",)] += 1
+    return merge_pairs(words, num_merges)
+
+
+def merge_pairs(
+    words: collections.Counter[tuple[str, ...]], num_merges: int
+) -> list[tuple[str, str]]:
+    """BPE merges over ``words`` (symbol tuples with their counts), most frequent pair
+    first, ties to the smallest pair: deterministic."""
     merges: list[tuple[str, str]] = []
     for _ in range(num_merges):
         pairs: collections.Counter[tuple[str, str]] = collections.Counter()
