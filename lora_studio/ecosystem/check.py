@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_studio.core.errors import LoraStudioError
+from lora_studio.core.model_lock import MODEL_BUILD_LOCK
 from lora_studio.ecosystem import naming
 from lora_studio.ecosystem.lora_file import LoraFileError, inspect_lora, key_format, read_header
 
@@ -426,7 +427,8 @@ def build_pipeline(family: str, base_model: str | None = None) -> Any:
         )
     local = ensure_builtin_model(ref.path.name) if ref.kind.value == "builtin" else ref.path
     fam = get_family(ModelFamily(family))
-    comps = fam.load(ref, local)
+    with MODEL_BUILD_LOCK:  # core/model_lock.py: another thread may be building a model
+        comps = fam.load(ref, local)
     return fam.pipeline(comps, comps.denoiser, comps.text_encoders)
 
 
@@ -444,7 +446,8 @@ def diffusers_load_check(
     pipe = pipeline if pipeline is not None else build_pipeline(family, base_model)
     with _captured("diffusers") as warnings:
         try:
-            pipe.load_lora_weights(str(path), adapter_name=_ADAPTER)
+            with MODEL_BUILD_LOCK:  # new LoRA parameters: see core/model_lock.py
+                pipe.load_lora_weights(str(path), adapter_name=_ADAPTER)
         except Exception as exc:  # diffusers raises ValueError, KeyError, RuntimeError...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return TargetResult(

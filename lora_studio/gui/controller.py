@@ -335,6 +335,8 @@ class StudioController(QObject):
     message = Signal(str, str)
     #: the traceback behind the last "Unexpected error" message, for its Details button
     error_details = Signal(str)
+    #: a compatibility check ended: (the report in words, every tool loads it, the file)
+    compatibility_checked = Signal(str, bool, object)
 
     def __init__(
         self,
@@ -1445,6 +1447,22 @@ class StudioController(QObject):
         if not self._closed:
             details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             self.error_details.emit(f"While trying to {what}:\n\n{details}")
+
+    def check_compatibility(self, path: Path) -> asyncio.Task[None]:
+        """Load ``path`` into diffusers (the family's built-in tiny pipeline) and check its
+        key names against ComfyUI's, Automatic1111's and Forge's rules, on a worker thread;
+        answers with :attr:`compatibility_checked`."""
+        return self._spawn(self._check_compatibility(Path(path)), "check the LoRA file")
+
+    async def _check_compatibility(self, path: Path) -> None:
+        from lora_studio.ecosystem.check import check_lora, format_check
+
+        try:
+            report = await asyncio.to_thread(check_lora, path)
+        except LoraStudioError:
+            self.compatibility_checked.emit("", False, path)
+            raise
+        self.compatibility_checked.emit(format_check(report), report.ok, path)
 
     def _say(self, level: str, text: str) -> None:
         log.log({INFO: logging.INFO, WARNING: logging.WARNING}.get(level, logging.ERROR), text)

@@ -150,6 +150,8 @@ class JobMonitor(QWidget):
     pause_requested = Signal()
     unpause_requested = Signal()
     resume_checkpoint_requested = Signal(object)
+    #: the user asked for a compatibility check of this LoRA file (a Path)
+    check_requested = Signal(object)
 
     def __init__(
         self, thumbnails: ThumbnailLoader | None = None, parent: QWidget | None = None
@@ -219,11 +221,18 @@ class JobMonitor(QWidget):
         self.open_folder_button = QPushButton("Open folder")
         self.open_folder_button.setToolTip("Show the output file in the file manager")
         self.open_folder_button.clicked.connect(self._open_output_folder)
+        self.check_button = QPushButton("Check compatibility")
+        self.check_button.setToolTip(
+            "Load the file into diffusers and check its key names against what ComfyUI, "
+            "Automatic1111 and Forge read"
+        )
+        self.check_button.clicked.connect(self._request_check)
         self.output_row = QWidget()
         out = QHBoxLayout(self.output_row)
         out.setContentsMargins(0, 0, 0, 0)
         out.addWidget(self.output_label)
         out.addWidget(self.output_edit, 1)
+        out.addWidget(self.check_button)
         out.addWidget(self.open_folder_button)
         self.output_row.hide()
 
@@ -635,6 +644,18 @@ class JobMonitor(QWidget):
     def _on_resume_clicked(self) -> None:
         if self._state is MonitorState.IDLE and self._resume_point is not None:
             self.resume_checkpoint_requested.emit(self._resume_point.path)
+
+    def _request_check(self) -> None:
+        text = self.output_edit.text()
+        if text.endswith(".safetensors"):
+            self.check_button.setEnabled(False)
+            self.check_button.setText("Checking\u2026")
+            self.check_requested.emit(Path(text))
+
+    def show_check_done(self) -> None:
+        """The compatibility check has answered: the button is ready again."""
+        self.check_button.setEnabled(True)
+        self.check_button.setText("Check compatibility")
 
     def _open_output_folder(self) -> None:
         text = self.output_edit.text()

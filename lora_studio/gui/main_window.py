@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import html
 import logging
 from pathlib import Path
 
@@ -403,6 +404,8 @@ class MainWindow(QMainWindow):
         c.buckets_changed.connect(self.dataset_model.set_placements)
         c.message.connect(self.show_message)
         c.error_details.connect(self.message_bar.set_details)
+        self.job_monitor.check_requested.connect(c.check_compatibility)
+        c.compatibility_checked.connect(self._on_compatibility_checked)
 
         self.dataset_model.caption_edit_requested.connect(c.save_caption)
         self.browser.open_folder_requested.connect(self.choose_dataset_folder)
@@ -701,6 +704,21 @@ class MainWindow(QMainWindow):
         dialog.finished.connect(dialog.deleteLater)
         self.cost_dialog = dialog
         dialog.open()
+
+    def _on_compatibility_checked(self, text: str, ok: bool, path: Path) -> None:
+        self.job_monitor.show_check_done()
+        if not text:  # the check itself failed: the message bar says why
+            return
+        icon = QMessageBox.Icon.Information if ok else QMessageBox.Icon.Warning
+        verdict = "loads in every tool checked" if ok else "some tools would leave keys out"
+        box = QMessageBox(icon, "Compatibility", f"{Path(path).name} {verdict}.", parent=self)
+        lines = text.splitlines()[1:]  # the first line names the file and its format
+        box.setInformativeText(
+            f"{text.splitlines()[0]}<pre>{html.escape(chr(10).join(lines))}</pre>"
+        )
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.open()
+        self.compatibility_box = box
 
     def _train_if_enabled(self) -> None:
         # Ctrl+Return while typing a caption ends the edit (as in the editor's own keys),
