@@ -21,6 +21,8 @@ from PySide6.QtGui import (
     QPixmap,
 )
 
+from lora_studio.core.paths import RESOURCES_DIR
+
 ACCENT = QColor("#3f51b5")
 ERROR = QColor("#c62828")
 WARNING = QColor("#b26a00")
@@ -73,8 +75,14 @@ def _hills(painter: QPainter, rect: QRectF, colors: list[str]) -> None:
 
 @cache
 def app_icon() -> QIcon:
-    """The window icon: paper hills under a sun on an indigo tile."""
+    """The window icon: paper hills under a sun on an indigo tile. The PNG set in
+    ``resources/icons/hicolor`` (16 to 1024 px, so high-DPI screens get a sharp one) when
+    it is there; otherwise drawn here, the same picture."""
     icon = QIcon()
+    for png in sorted((RESOURCES_DIR / "icons" / "hicolor").glob("*/apps/lora-studio.png")):
+        icon.addFile(str(png))
+    if not icon.isNull():
+        return icon
     for size in (16, 24, 32, 48, 64, 128, 256):
         pixmap = QPixmap(size, size)
         pixmap.fill(Qt.GlobalColor.transparent)
