@@ -49,7 +49,13 @@ from lora_studio.captioning.runner import (
 from lora_studio.core.dataset import Dataset
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.proposals import Proposal, ProposalStore, Provenance
-from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController
+from lora_studio.gui.controller import (
+    ERROR,
+    INFO,
+    WARNING,
+    StudioController,
+    report_failed_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -434,17 +440,7 @@ class CaptionController(QObject):
 
     def _task_done(self, what: str, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            return
-        if isinstance(exc, LoraStudioError):
-            log.warning("Could not %s: %s", what, exc)
-            self._say(ERROR, str(exc))
-            return
-        log.error("Unexpected error while trying to %s", what, exc_info=exc)
-        self._say(ERROR, f"Unexpected error while trying to {what}: {type(exc).__name__}: {exc}")
+        report_failed_task(what, task, self._say)
 
     def _say(self, level: str, text: str) -> None:
         log.log({INFO: logging.INFO, WARNING: logging.WARNING}.get(level, logging.ERROR), text)

@@ -1429,24 +1429,9 @@ class StudioController(QObject):
 
     def _task_done(self, what: str, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            return
-        if isinstance(exc, LoraStudioError):
-            log.warning("Could not %s: %s", what, exc)
-            self._say(ERROR, str(exc))
-            return
-        log.error("Unexpected error while trying to %s", what, exc_info=exc)
-        self._say(
-            ERROR,
-            f"Unexpected error while trying to {what}: {type(exc).__name__}: {exc} "
-            f"(details in {log_file()}).",
-        )
-        if not self._closed:
-            details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            self.error_details.emit(f"While trying to {what}:\n\n{details}")
+        details = report_failed_task(what, task, self._say)
+        if details and not self._closed:
+            self.error_details.emit(details)
 
     def check_compatibility(self, path: Path) -> asyncio.Task[None]:
         """Load ``path`` into diffusers (the family's built-in tiny pipeline) and check its
@@ -1468,6 +1453,31 @@ class StudioController(QObject):
         log.log({INFO: logging.INFO, WARNING: logging.WARNING}.get(level, logging.ERROR), text)
         if not self._closed:
             self.message.emit(level, text)
+
+
+def report_failed_task(
+    what: str, task: asyncio.Task[Any], say: Callable[[str, str], None]
+) -> str | None:
+    """Tell the user (through ``say``) why the task that was to ``what`` failed: a
+    :class:`LoraStudioError` as its own line, anything else as one line that points at the
+    log. Returns the traceback of an unexpected error (for a Details button), else ``None``."""
+    if task.cancelled():
+        return None
+    exc = task.exception()
+    if exc is None:
+        return None
+    if isinstance(exc, LoraStudioError):
+        log.warning("Could not %s: %s", what, exc)
+        say(ERROR, str(exc))
+        return None
+    log.error("Unexpected error while trying to %s", what, exc_info=exc)
+    say(
+        ERROR,
+        f"Unexpected error while trying to {what}: {type(exc).__name__}: {exc} "
+        f"(details in {log_file()}).",
+    )
+    details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"While trying to {what}:\n\n{details}"
 
 
 async def _aclose(backend: TrainingBackend) -> None:
