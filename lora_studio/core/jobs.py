@@ -8,6 +8,7 @@ import enum
 import functools
 import json
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -255,7 +256,7 @@ class JobEvent:
     message: str = ""
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -311,6 +312,12 @@ CREATE TABLE IF NOT EXISTS job_losses (
     # the window opens) is not taken for an interrupted one.
     3: """
 ALTER TABLE jobs ADD COLUMN owner TEXT;
+""",
+    # 3 -> 4: the learning rate beside each step's loss, so a job opened from the history
+    # draws its LR curve too. NULL where the backend did not say (and for the points an
+    # older version recorded); an older version still writes its rows without it.
+    4: """
+ALTER TABLE job_losses ADD COLUMN lr REAL;
 """,
 }
 _COLUMNS = (
@@ -538,25 +545,52 @@ class JobStore:
         return [line for (line,) in rows]
 
     @_db_errors("written")
-    def record_losses(self, job_id: str, points: Iterable[tuple[int, float]]) -> None:
+    def record_losses(
+        self,
+        job_id: str,
+        points: Iterable[tuple[int, float] | tuple[int, float, float | None]],
+    ) -> None:
+        """Record a job's loss at some steps: ``(step, loss)`` points, or
+        ``(step, loss, learning rate)`` ones (``None``: the rate is not known). A step
+        recorded again replaces what was recorded for it."""
+        rows = []
+        for step, loss, *rate in points:
+            lr = rate[0] if rate else None
+            # A rate that is not a number (NaN: not known) is stored as not known.
+            known = lr is not None and math.isfinite(lr)
+            rows.append((job_id, int(step), float(loss), float(lr) if known else None))
         with self._lock, self._db:
             self._db.executemany(
-                "INSERT OR REPLACE INTO job_losses (job_id, step, loss) VALUES (?, ?, ?)",
-                [(job_id, int(step), float(loss)) for step, loss in points],
+                "INSERT OR REPLACE INTO job_losses (job_id, step, loss, lr) VALUES (?, ?, ?, ?)",
+                rows,
             )
 
     @_db_errors("read")
     def losses(self, job_id: str) -> list[tuple[int, float]]:
+        """The job's recorded ``(step, loss)`` points, in step order."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT step, loss FROM job_losses WHERE job_id = ? ORDER BY step", (job_id,)
             ).fetchall()
         return [(int(step), float(loss)) for step, loss in rows]
 
+    @_db_errors("read")
+    def learning_rates(self, job_id: str) -> list[tuple[int, float]]:
+        """The job's learning rate as ``(step, rate)`` points, in step order: at the
+        steps of :meth:`losses` whose rate was recorded (none for a backend that does not
+        report one, or a job recorded before the rates were kept)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT step, lr FROM job_losses WHERE job_id = ? AND lr IS NOT NULL ORDER BY step",
+                (job_id,),
+            ).fetchall()
+        return [(int(step), float(lr)) for step, lr in rows]
+
 
 class ProgressRecorder:
-    """Writes what each :class:`Progress` adds (log lines, the step's loss, status and
-    output) to a :class:`JobStore`, so the history shows the run as it went."""
+    """Writes what each :class:`Progress` adds (log lines, the step's loss and learning
+    rate, status and output) to a :class:`JobStore`, so the history shows the run as it
+    went."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
@@ -581,7 +615,9 @@ class ProgressRecorder:
         self.store.append_logs(job.id, new_lines)
         if progress.loss is not None and progress.step > self._last_step.get(job.id, 0):
             self._last_step[job.id] = progress.step
-            self.store.record_losses(job.id, [(progress.step, progress.loss)])
+            self.store.record_losses(
+                job.id, [(progress.step, progress.loss, progress.learning_rate)]
+            )
         changed = job.status is not progress.status
         job.status = progress.status
         job.message = progress.message

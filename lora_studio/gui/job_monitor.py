@@ -396,9 +396,11 @@ class JobMonitor(QWidget):
         progress: Progress | None = None,
         logs: list[str] | None = None,
         losses: list[tuple[int, float]] | None = None,
+        rates: list[tuple[int, float]] | None = None,
     ) -> None:
         """Show ``job`` from the jobs list: its last progress (live, when it is running),
-        or what the history recorded (status, loss series, log, output, error)."""
+        or what the history recorded (status, loss and learning-rate series as
+        ``(step, value)`` points, log, output, error)."""
         self._shown_job = job
         self._local_shown = False
         self._reset()
@@ -426,7 +428,7 @@ class JobMonitor(QWidget):
             progress = progress.evolve(log_tail=tuple(logs))
         self.on_progress(progress)
         if history and losses:  # every recorded step, with its own step number
-            self.charts.set_points(losses)
+            self.charts.set_points(losses, rates or ())
         if job.status is JobStatus.FAILED and not progress.error and job.error:
             self.error_label.setText(f"Failed: {job.error}")
             self.error_label.show()

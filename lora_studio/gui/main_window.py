@@ -816,7 +816,12 @@ class MainWindow(QMainWindow):
         self.controller.load_job_details(job.id)
 
     def _on_job_details(
-        self, job: Job, logs: list[str], losses: list[tuple[int, float]], checkpoint: object
+        self,
+        job: Job,
+        logs: list[str],
+        losses: list[tuple[int, float]],
+        checkpoint: object,
+        rates: list[tuple[int, float]] | None = None,
     ) -> None:
         jobs = self.job_monitor.jobs
         jobs.set_resumable(job.id, checkpoint is not None)
@@ -826,7 +831,7 @@ class MainWindow(QMainWindow):
         live = jobs.model.progress(job.id)
         if job.status.is_finished and live is not None and not live.is_finished():
             live = None  # the history is newer
-        self.job_monitor.show_job(job, live, logs, losses)
+        self.job_monitor.show_job(job, live, logs, losses, rates)
 
     def _on_backend_choice(self, choice: BackendChoice) -> None:
         self._show_backend_in_estimate(choice)

@@ -1,14 +1,22 @@
 from __future__ import annotations
 
+import math
+import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
+from lora_studio.core import jobs as jobs_module
 from lora_studio.core.jobs import (
+    SCHEMA_VERSION,
     BackendType,
     Job,
     JobStatus,
     JobStore,
+    JobStoreError,
     Progress,
+    ProgressRecorder,
     thin_history,
 )
 
@@ -66,8 +74,6 @@ def test_progress_fraction_and_finish() -> None:
 
 
 def test_old_history_files_are_migrated_in_place(tmp_path: Path) -> None:
-    import sqlite3
-
     db = tmp_path / "jobs.sqlite3"
     with sqlite3.connect(db) as conn:  # a version-1 file, as the first release wrote it
         conn.executescript(
@@ -86,11 +92,119 @@ def test_old_history_files_are_migrated_in_place(tmp_path: Path) -> None:
     assert old.owner is None  # made before owners were recorded: no live process claims it
     store.close()
     with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+
+
+# A history as version 3 wrote it: every table, but no learning rate beside the losses.
+_V3_HISTORY = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, backend TEXT NOT NULL, name TEXT NOT NULL,
+    base_model TEXT NOT NULL, output_dir TEXT NOT NULL, dataset_dir TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    config TEXT NOT NULL DEFAULT '{}', output_path TEXT, error TEXT, remote_id TEXT,
+    spec TEXT, started_at REAL, finished_at REAL, estimated_cost REAL, cost REAL,
+    position INTEGER NOT NULL DEFAULT 0, batch_id TEXT, message TEXT NOT NULL DEFAULT '',
+    owner TEXT
+);
+CREATE INDEX jobs_created ON jobs(created_at);
+CREATE TABLE job_events (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, at REAL NOT NULL,
+    status TEXT NOT NULL, message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX job_events_job ON job_events(job_id, at);
+CREATE TABLE job_logs (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+    line TEXT NOT NULL, PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE job_losses (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, step INTEGER NOT NULL,
+    loss REAL NOT NULL, PRIMARY KEY (job_id, step)
+);
+INSERT INTO jobs (id, backend, name, base_model, output_dir, status, created_at, updated_at,
+    output_path, started_at, finished_at)
+    VALUES ('v3run', 'local', 'v3 run', 'builtin:tiny-sd15', '/o', 'succeeded', 1.0, 9.0,
+    '/o/v3.safetensors', 2.0, 9.0);
+INSERT INTO job_losses VALUES ('v3run', 1, 0.5), ('v3run', 2, 0.25);
+PRAGMA user_version = 3;
+"""
+
+
+def test_a_version_3_history_keeps_its_losses_and_records_learning_rates(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(_V3_HISTORY)
+    store = JobStore(db)
+    old = store.get("v3run")
+    assert old is not None and old.status is JobStatus.SUCCEEDED and old.finished_at == 9.0
+    assert store.losses("v3run") == [(1, 0.5), (2, 0.25)]
+    assert store.learning_rates("v3run") == []  # recorded before the rates were kept
+    store.record_losses("v3run", [(3, 0.2, 1e-4)])
+    store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        # Version 3 still writes into the upgraded file: its points come without a rate.
+        conn.execute(
+            "INSERT OR REPLACE INTO job_losses (job_id, step, loss) VALUES ('v3run', 4, 0.1)"
+        )
+    again = JobStore(db)
+    assert again.losses("v3run") == [(1, 0.5), (2, 0.25), (3, 0.2), (4, 0.1)]
+    assert again.learning_rates("v3run") == [(3, 1e-4)]
+    again.close()
+
+
+def test_an_upgrade_to_version_4_that_fails_leaves_the_version_3_file_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(_V3_HISTORY)
+    # The step fails after its first statement (as a full disk would halfway through).
+    failing = jobs_module._MIGRATIONS[4] + "INSERT INTO no_such_table VALUES (1);\n"
+    monkeypatch.setitem(jobs_module._MIGRATIONS, 4, failing)
+    with pytest.raises(JobStoreError, match="could not be opened"):
+        JobStore(db)
+    with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(job_losses)")]
+        assert columns == ["job_id", "step", "loss"]  # the column went with the failed step
+    monkeypatch.undo()
+    store = JobStore(db)  # the next open runs the whole step
+    assert store.losses("v3run") == [(1, 0.5), (2, 0.25)] and store.learning_rates("v3run") == []
+    store.close()
+
+
+def test_the_history_keeps_each_steps_learning_rate_beside_its_loss(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    store = JobStore(db)
+    job = _job()
+    store.save(job)
+    recorder = ProgressRecorder(store)
+    running = JobStatus.RUNNING
+    for progress in [
+        Progress(status=running, step=1, total_steps=5, loss=0.5, learning_rate=1e-4),
+        Progress(status=running, step=2, total_steps=5, loss=0.4, learning_rate=5e-5),
+        Progress(status=running, step=2, total_steps=5, loss=0.4, learning_rate=5e-5),
+        Progress(status=running, step=3, total_steps=5, loss=0.3),  # the backend did not say
+        Progress(status=running, step=4, total_steps=5, loss=0.2, learning_rate=math.nan),
+        Progress(status=JobStatus.SUCCEEDED, step=5, total_steps=5, loss=0.1, learning_rate=0.0),
+    ]:
+        recorder.record(job, progress)
+    store.close()
+
+    again = JobStore(db)  # as the app finds it after a restart
+    assert again.losses(job.id) == [(1, 0.5), (2, 0.4), (3, 0.3), (4, 0.2), (5, 0.1)]
+    assert again.learning_rates(job.id) == [(1, 1e-4), (2, 5e-5), (5, 0.0)]
+    # Points recorded directly, with or without their rate; a step again replaces its point.
+    again.record_losses(job.id, [(5, 0.15, 2e-5), (6, 0.05), (7, 0.04, None)])
+    assert again.losses(job.id)[-3:] == [(5, 0.15), (6, 0.05), (7, 0.04)]
+    assert again.learning_rates(job.id) == [(1, 1e-4), (2, 5e-5), (5, 2e-5)]
+    again.delete(job.id)
+    assert again.losses(job.id) == [] and again.learning_rates(job.id) == []
+    again.close()
 
 
 def test_history_keeps_spec_transitions_logs_losses_and_cost(tmp_path: Path) -> None:
-    from lora_studio.core.jobs import JobSpec, ProgressRecorder
+    from lora_studio.core.jobs import JobSpec
 
     store = JobStore(tmp_path / "jobs.sqlite3")
     spec = JobSpec(
