@@ -13,10 +13,12 @@ from pathlib import Path
 from lora_studio.core.errors import OutputError
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically and return the path.
 
-    The file keeps the permission bits of the file it replaces.
+    The file keeps the permission bits of the file it replaces. ``durable=False`` skips
+    the two ``fsync`` calls: still never half a file for a reader, but after a power cut
+    the file may be empty. For caches, whose readers treat an unreadable file as missing.
 
     Raises:
         OSError: the folder is not writable, the disk is full, ... The old file is untouched.
@@ -29,7 +31,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         try:
             mode = target.stat().st_mode & 0o7777
         except FileNotFoundError:
@@ -42,7 +45,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(folder)
+    if durable:
+        _fsync_dir(folder)
     return target
 
 

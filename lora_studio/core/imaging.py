@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
 #: Orientations that swap width and height (90 or 270 degrees, with or without a flip).
@@ -106,6 +106,22 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """
     with Image.open(Path(path)) as img:
         return header_of(img)
+
+
+def read_size(path: Path) -> tuple[int, int] | str:
+    """Width and height as displayed (EXIF rotation applied), from the header alone; or,
+    as a string for the user, why the image cannot be used."""
+    try:
+        width, height = read_header(path).size
+    except FileNotFoundError:
+        return "The image file is missing."
+    except UnidentifiedImageError:
+        return "Not a readable image."
+    except Exception as exc:  # PIL raises many types for a broken header
+        return f"Not a readable image ({exc})."
+    if width < UNUSABLE_SIDE or height < UNUSABLE_SIDE:
+        return f"Too small to train on ({width}\u00d7{height})."
+    return width, height
 
 
 def undo_orientation(img: Image.Image, orientation: int) -> Image.Image:

@@ -46,11 +46,12 @@ they work). ``progress(done, total)`` is called from the calling thread after ea
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import io
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lora_studio.core.background import check_images, map_chunks
 from lora_studio.core.config import ModelFamily
 from lora_studio.core.dataset import Dataset, ImageItem
 from lora_studio.core.formats import ACCEPTED_FORMATS, unsupported_reason
@@ -340,6 +342,7 @@ def validate_dataset(
     near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
     background: Color = WHITE,
     workers: int | None = None,
+    in_process: bool = False,
 ) -> ValidationReport:
     """Check every file of ``dataset``; see the module docstring for what is checked.
 
@@ -356,6 +359,9 @@ def validate_dataset(
         near_duplicate_distance: dHash bits that may differ between near-duplicates.
         background: the colour transparency is flattened onto (for the hash).
         workers: threads decoding images (default: one per CPU core).
+        in_process: decode in the low-priority helper process of
+            :mod:`lora_studio.core.background` instead of on threads of this one (the
+            window does this for big folders: no GIL shared with its GUI thread).
     """
     fam = ModelFamily(family) if family is not None else None
     side = int(min_side) if min_side is not None else min_side_for(fam)
@@ -380,6 +386,7 @@ def validate_dataset(
         progress=progress,
         should_stop=should_stop,
         workers=workers,
+        in_process=in_process,
     )
     cancelled = len(facts) < len({item.path for item in dataset.images})
     for path, fact in facts.items():
@@ -431,11 +438,32 @@ def _check_all(
     progress: ProgressCallback | None,
     should_stop: StopCallback | None,
     workers: int | None,
+    in_process: bool = False,
 ) -> dict[Path, ImageFacts]:
     paths = list(dict.fromkeys(order_images))
     total = len(paths)
     results: dict[Path, ImageFacts] = {}
     if not paths:
+        return results
+    if in_process:
+        options = {
+            "max_pixels": limit,
+            "min_side": min_side,
+            "check_pixels": check_pixels,
+            "background": background,
+        }
+
+        def done(part: Sequence[Path], facts: list[ImageFacts]) -> None:
+            results.update(zip(part, facts, strict=True))
+            if progress is not None:
+                progress(len(results), total)
+
+        map_chunks(
+            functools.partial(check_images, options=options),
+            paths,
+            should_stop=should_stop,
+            done=done,
+        )
         return results
     threads = max(1, min(workers or os.cpu_count() or 1, total, 32))
     stop = threading.Event()

@@ -25,6 +25,7 @@ model says counts, problems or placements changed.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from PySide6.QtCore import (
@@ -36,7 +37,7 @@ from PySide6.QtCore import (
     QTimer,
 )
 
-from lora_studio.core.buckets import Placement
+from lora_studio.core.buckets import Bucket, Placement
 from lora_studio.core.dataset import split_tags
 from lora_studio.gui.bucket_preview import bucket_text
 from lora_studio.gui.dataset_model import Column, DatasetModel, Role
@@ -173,16 +174,17 @@ class BrowserFilter(QSortFilterProxyModel):
 
     def bucket_choices(self) -> list[tuple[str, int]]:
         """``[("640×384", 12), ..., (NO_BUCKET, 2)]``: the buckets in use, the fullest first."""
-        counts: dict[str, int] = {}
+        # Counted per bucket, named per bucket: a handful of names for 10,000 images.
+        buckets: Counter[Bucket] = Counter()
         unplaced = 0
-        model = self._model
-        for row in range(model.rowCount()):
-            placement = model.placement(model.item(row).path)
+        for placement in self._model.placements():
             if isinstance(placement, Placement):
-                key = bucket_text(placement.bucket)
-                counts[key] = counts.get(key, 0) + 1
-            elif placement is not None:
+                buckets[placement.bucket] += 1
+            else:
                 unplaced += 1
+        counts: Counter[str] = Counter()
+        for bucket, count in buckets.items():
+            counts[bucket_text(bucket)] += count
         choices = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         if unplaced:
             choices.append((NO_BUCKET, unplaced))

@@ -2,7 +2,8 @@
 
 The trainer, ``dataset prepare`` and this preview all place images with
 :func:`lora_studio.core.buckets.placement_for`, here with the sizes read from the image
-headers. Sizes are read once per dataset, on a worker thread;
+headers. Sizes are read once per dataset, on a worker thread (for a big folder, in the
+low-priority helper process of :mod:`lora_studio.core.background`);
 placing them again when the resolution or bucket settings change is cheap.
 
 No Qt here: the controller runs :func:`place_images` with ``asyncio.to_thread``.
@@ -10,17 +11,20 @@ No Qt here: the controller runs :func:`place_images` with ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 from pathlib import Path
 
-from PIL import UnidentifiedImageError
-
+from lora_studio.core.background import map_chunks, read_and_place, wants_process
 from lora_studio.core.buckets import Bucket, Placement, placement_for
 from lora_studio.core.config import LoraConfig
-from lora_studio.core.imaging import UNUSABLE_SIDE, read_header
+from lora_studio.core.imaging import read_size
 
+#: Images per chunk sent to the helper process: a header read is quick, so bigger chunks
+#: than the image check's keep the window's process from waking for every few images.
+HEADER_CHUNK = 256
 #: What an image's entry is when it has no bucket: why, for the user.
 Unplaced = str
 Size = tuple[int, int]
@@ -37,22 +41,6 @@ def bucket_settings(config: LoraConfig) -> tuple[int, bool, int, int, bool]:
     )
 
 
-def read_size(path: Path) -> Size | Unplaced:
-    """Width and height as displayed (EXIF rotation applied), from the header alone; or
-    why the image cannot be used."""
-    try:
-        width, height = read_header(path).size
-    except FileNotFoundError:
-        return "The image file is missing."
-    except UnidentifiedImageError:
-        return "Not a readable image."
-    except Exception as exc:  # PIL raises many types for a broken header
-        return f"Not a readable image ({exc})."
-    if width < UNUSABLE_SIDE or height < UNUSABLE_SIDE:
-        return f"Too small to train on ({width}\u00d7{height})."
-    return width, height
-
-
 def place_images(
     paths: Iterable[Path],
     sizes: MutableMapping[Path, Size | Unplaced],
@@ -61,6 +49,30 @@ def place_images(
 ) -> dict[Path, Placement | Unplaced]:
     """Each image's placement under ``config``; reads the sizes ``sizes`` lacks (and keeps
     them there for next time). Returns early, with what it has, once ``stop`` is set."""
+    paths = list(paths)
+    missing = [path for path in paths if path not in sizes]
+    if wants_process(len(missing)):
+        # A big folder is read and placed in the helper process (see core.background):
+        # on a thread here, the Python of 10,000 header reads and placements holds the
+        # GIL that the window's thread needs.
+        placed_there: dict[Path, Placement | Unplaced] = {}
+
+        def done(
+            part: Sequence[Path], found: list[tuple[Size | Unplaced, Placement | Unplaced]]
+        ) -> None:
+            for path, (size, placement) in zip(part, found, strict=True):
+                sizes[path] = size
+                placed_there[path] = placement
+
+        map_chunks(
+            functools.partial(read_and_place, config=config),
+            missing,
+            chunk=HEADER_CHUNK,
+            should_stop=stop.is_set if stop is not None else None,
+            done=done,
+        )
+        if len(placed_there) == len(missing) == len(paths):
+            return placed_there
     placed: dict[Path, Placement | Unplaced] = {}
     for path in paths:
         if stop is not None and stop.is_set():

@@ -341,10 +341,16 @@ class CaptionController(QObject):
 
     async def _load(self, dataset: Dataset) -> None:
         store = ProposalStore(dataset)
-        proposals, provenance = await asyncio.to_thread(_read_store, store)
+
+        def read() -> tuple[Any, Any, dict[str, Path]]:
+            proposals, provenance = _read_store(store)
+            # The keys of 10,000 images take ~0.1 s: only worked out when needed, here.
+            paths = _paths_by_key(dataset) if proposals or provenance else {}
+            return proposals, provenance, paths
+
+        proposals, provenance, paths = await asyncio.to_thread(read)
         if dataset is not self.studio.dataset or self._closed:
             return
-        paths = _paths_by_key(dataset)
         self.proposals_loaded.emit(
             dataset,
             {paths[k]: v for k, v in proposals.items() if k in paths},

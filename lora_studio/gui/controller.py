@@ -53,6 +53,7 @@ from lora_studio.backends.launch import LaunchBackend, cuda_device_count, cuda_g
 from lora_studio.backends.local import LocalBackend
 from lora_studio.core import paths, secrets
 from lora_studio.core.atomic import ensure_writable_dir
+from lora_studio.core.background import wants_process
 from lora_studio.core.base_model import (
     DEFAULT_BASE_MODEL,
     BaseModelRef,
@@ -84,6 +85,7 @@ from lora_studio.core.validate import ValidationReport, min_side_for, validate_d
 from lora_studio.creator import LoraCreator
 from lora_studio.gui.backend_panel import BackendChoice
 from lora_studio.gui.bucket_preview import bucket_settings, place_images
+from lora_studio.gui.heap import settle
 from lora_studio.gui.logs import log_file
 from lora_studio.gui.trainer_thread import QtWorkerStarter
 from lora_studio.jobqueue import BackendFactory, JobQueue, latest_checkpoint_of
@@ -477,6 +479,7 @@ class StudioController(QObject):
 
     async def _detect_devices(self) -> None:
         count = await asyncio.to_thread(cuda_device_count)  # imports torch: seconds
+        settle("importing torch")
         self.cuda_count = count
         self.devices_detected.emit(count, cpu_processes_offered() if count == 0 else 1)
         name, memory = await asyncio.to_thread(cuda_gpu_memory) if count else ("", 0.0)
@@ -536,6 +539,7 @@ class StudioController(QObject):
         self.placements = {}
         self.validation = None
         self.dataset_loaded.emit(dataset)
+        settle("loading a dataset")
         self._spawn(self._read_file_sizes(dataset), "read the file sizes")
         self._say(
             INFO,
@@ -596,6 +600,9 @@ class StudioController(QObject):
             progress=progress,
             should_stop=functools.partial(self._held_or_stopped, stop),
             workers=max(1, (os.cpu_count() or 2) - 1),
+            # A big folder is checked in a low-priority process: no GIL shared with the
+            # window's thread (see lora_studio.core.background).
+            in_process=wants_process(len(dataset)),
         )
         if stop.is_set() or dataset is not self.creator.dataset:
             return
@@ -1419,6 +1426,11 @@ class StudioController(QObject):
         self._store = store
         self.creator.job_store = store
         await self._start_queue()
+
+    def spawn(self, coro: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T]:
+        """Run ``coro`` on the window's loop; a failure is reported as failing to ``what``
+        (for the window's other parts, e.g. the caption watcher)."""
+        return self._spawn(coro, what)
 
     def _spawn(self, coro: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T]:
         task = self._loop.create_task(coro)

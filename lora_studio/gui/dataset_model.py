@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,10 @@ class DatasetModel(QAbstractTableModel):
     def placement(self, path: Path) -> Placement | str | None:
         """``path``'s bucket placement (or why it has none); ``None`` until computed."""
         return self._placements.get(path)
+
+    def placements(self) -> Iterable[Placement | str]:
+        """The placements computed so far (or why an image has none), one per image."""
+        return self._placements.values()
 
     def buckets_summary(self) -> str:
         """``2 buckets: 256×256 (10) · 192×320 (2)``."""

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -64,11 +65,17 @@ def cache_key(path: Path, size: int, background: Color = WHITE) -> str | None:
 
 
 def make_thumbnail(
-    path: Path, size: int, cache_dir: Path | None, background: Color = WHITE
+    path: Path,
+    size: int,
+    cache_dir: Path | None,
+    background: Color = WHITE,
+    deliver: Callable[[QImage], None] | None = None,
 ) -> QImage:
     """Load ``path``'s thumbnail from the cache, or decode it and fill the cache.
 
-    Transparent areas are shown on ``background``, as training sees them.
+    Transparent areas are shown on ``background``, as training sees them. ``deliver``,
+    if given, gets a freshly decoded thumbnail before it is written to the cache (the
+    user sees it a disk write sooner).
 
     Runs on a worker thread (``QImage`` may be used off the GUI thread; ``QPixmap`` may
     not).
@@ -86,17 +93,21 @@ def make_thumbnail(
             return image
         log.info("Ignoring an unreadable cached thumbnail %s", cached)
     png = _decode(path, size, background)
+    image = QImage.fromData(png, "PNG")
+    if image.isNull():  # pragma: no cover - PIL just wrote this PNG
+        raise ThumbnailError("The thumbnail could not be made.")
+    if deliver is not None:
+        deliver(image)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(cached, png)
+            # No fsync: a cache file cut short by a power loss reads as unreadable
+            # above and is made again.
+            atomic_write_bytes(cached, png, durable=False)
         except OSError as exc:
             # The cache only saves time; a read-only or full cache must not break
             # browsing, but say so once per file in the log.
             log.warning("Cannot write thumbnail cache %s: %s", cached, exc)
-    image = QImage.fromData(png, "PNG")
-    if image.isNull():  # pragma: no cover - PIL just wrote this PNG
-        raise ThumbnailError("The thumbnail could not be made.")
     return image
 
 
@@ -209,15 +220,25 @@ class _ThumbnailJob(QRunnable):
     def run(self) -> None:
         if not self.queue.claim(self.path, self.token):
             return  # given up: the row scrolled out of sight long ago
+        delivered = False
+
+        def deliver(image: QImage) -> None:
+            nonlocal delivered
+            delivered = True
+            self.relay.done.emit(self.path, image)
+
         try:
-            image = make_thumbnail(self.path, self.size, self.cache_dir, self.background)
+            image = make_thumbnail(
+                self.path, self.size, self.cache_dir, self.background, deliver=deliver
+            )
         except ThumbnailError as exc:
             self.relay.failed.emit(self.path, str(exc))
         except Exception as exc:  # a bug; show a placeholder and keep the details
             log.exception("Thumbnail of %s failed", self.path)
             self.relay.failed.emit(self.path, f"Unexpected error: {type(exc).__name__}: {exc}")
         else:
-            self.relay.done.emit(self.path, image)
+            if not delivered:
+                self.relay.done.emit(self.path, image)
 
 
 class ThumbnailLoader(QObject):

@@ -1,0 +1,39 @@
+"""Keeps the garbage collector's full passes out of the way of a window that holds a
+big dataset.
+
+CPython's cyclic garbage collector now and then walks *every* object it tracks (a
+generation-2 pass), holding the GIL all the while, on whichever thread happened to
+allocate. With a 10,000-image dataset, its model and views, and torch imported, one
+pass took 110-140 ms on a 2-core machine, found nothing to free, and was the longest
+stall of the window's thread while scrolling the browser (measured in
+``benchmarks/bench_browser.py``, see docs/benchmarks.md).
+
+:func:`settle` calls :func:`gc.freeze` right after the heap has grown by things that
+live long (the start-up's imports, a dataset just loaded): what is alive then moves to a
+permanent generation that later passes skip, so they stay as short as the newer part of
+the heap. Frozen objects are still freed as soon as nothing refers to them (reference
+counting); only garbage *cycles* among them would wait, and the objects of a dataset
+hold none (reopening one keeps the frozen count flat: ``tests/gui/test_heap.py``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def settle(reason: str) -> None:
+    """Take everything alive now out of future full collections (see the module
+    docstring); ``reason`` is for the debug log.
+
+    The young generations are collected first (a few milliseconds), so fresh garbage
+    cycles are freed rather than frozen; cycles that had already aged into the oldest
+    generation stay, a bounded cost (the window makes few)."""
+    gc.collect(1)
+    gc.freeze()
+    log.debug("Heap settled after %s: %d objects frozen", reason, gc.get_freeze_count())
+
+
+__all__ = ["settle"]
