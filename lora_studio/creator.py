@@ -39,7 +39,14 @@ from lora_studio.core.errors import (
     LoraStudioError,
 )
 from lora_studio.core.estimates import Estimate, estimate
-from lora_studio.core.jobs import BackendType, Job, JobStore, JobStoreError, Progress
+from lora_studio.core.jobs import (
+    BackendType,
+    Job,
+    JobStore,
+    JobStoreError,
+    Progress,
+    ProgressRecorder,
+)
 from lora_studio.core.paths import default_output_dir
 from lora_studio.core.request import TrainingRequest
 
@@ -221,12 +228,18 @@ class LoraCreator:
         """Every progress update of ``job_id`` until it finishes; records the outcome."""
         job, backend = self._lookup(job_id)
         last: Progress | None = None
+        # The history gets the run as it goes: status, log lines, each step's loss and
+        # learning rate (what the job monitor shows when the job is opened later).
+        recorder = ProgressRecorder(self.job_store) if self.job_store is not None else None
         async for progress in backend.watch(job):
             last = progress
-            if job.status is not progress.status:
+            if recorder is not None:
+                recorder.record(job, progress)
+            else:
                 job.status = progress.status
-                self._save(job)
             yield progress
+        if recorder is not None:
+            recorder.forget(job.id)
         if last is not None:
             job.status = last.status
             job.output_path = last.output_path or job.output_path

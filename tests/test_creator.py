@@ -45,6 +45,11 @@ async def test_seed_quick_start_flow(tiny_model, sample_dataset, tmp_path) -> No
     recorded = store.get(job.id)
     assert recorded is not None and recorded.status is JobStatus.SUCCEEDED
     assert recorded.output_path == str(weights)
+    # The history has the run as it went: every step's loss and learning rate, the log.
+    assert [step for step, _ in store.losses(job.id)] == [1, 2, 3, 4, 5]
+    assert [step for step, _ in store.learning_rates(job.id)] == [1, 2, 3, 4, 5]
+    assert all(rate > 0 for _, rate in store.learning_rates(job.id))
+    assert store.logs(job.id), "the run's log lines are kept"
 
 
 async def test_train_refuses_bad_setups_before_submitting(tmp_path, sample_dataset) -> None:

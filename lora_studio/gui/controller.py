@@ -40,7 +40,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -223,8 +223,9 @@ def validation_min_side(config: LoraConfig) -> int:
 class _WriteBehindJobStore(JobStore):
     """A :class:`JobStore` whose ``save`` runs on its own thread.
 
-    ``LoraCreator.watch`` saves the job on the GUI thread at every status change; SQLite
-    commits fsync, which must not stall the window. Saves are queued in order on one
+    ``LoraCreator.watch`` records the job on the GUI thread at every status change, log
+    line and step (loss, learning rate); SQLite commits fsync, which must not stall the
+    window. Saves are queued in order on one
     thread; :meth:`close` waits for them.
 
     It records the window's own local runs, which start at once: one is never written as
@@ -240,7 +241,22 @@ class _WriteBehindJobStore(JobStore):
         snapshot = copy.deepcopy(job)
         if snapshot.status is JobStatus.QUEUED:
             snapshot.status = JobStatus.PREPARING
-        future = self._writer.submit(JobStore.save, self, snapshot)
+        self._later(JobStore.save, snapshot)
+
+    def append_logs(self, job_id: str, lines: Iterable[str]) -> None:
+        lines = list(lines)
+        if lines:
+            self._later(JobStore.append_logs, job_id, lines)
+
+    def record_losses(
+        self,
+        job_id: str,
+        points: Iterable[tuple[int, float] | tuple[int, float, float | None]],
+    ) -> None:
+        self._later(JobStore.record_losses, job_id, list(points))
+
+    def _later(self, write: Callable[..., None], *args: Any) -> None:
+        future = self._writer.submit(write, self, *args)
         future.add_done_callback(_log_store_failure)
 
     def close(self) -> None:
@@ -248,9 +264,14 @@ class _WriteBehindJobStore(JobStore):
         super().close()
 
 
+_store_failures: set[str] = set()
+
+
 def _log_store_failure(future: Any) -> None:
+    # Once per kind of failure: a full disk fails every step's write the same way.
     exc = future.exception()
-    if exc is not None:
+    if exc is not None and str(exc) not in _store_failures:
+        _store_failures.add(str(exc))
         log.error("Could not record the job in the history", exc_info=exc)
 
 
@@ -287,9 +308,9 @@ class StudioController(QObject):
         jobs_listed(list[Job]): the job history, newest first (every backend).
         job_updated(Job, Progress): a live update of any job (remote ones from the
             :class:`JobQueue`, and the window's local run).
-        job_details(Job, list[str], list[tuple[int, float]], Path | None): what the
-            history holds about a job: log lines, loss series, and the checkpoint it can
-            be resumed from.
+        job_details(Job, list[str], list[tuple[int, float]], Path | None,
+            list[tuple[int, float]]): what the history holds about a job: log lines, loss
+            series, the checkpoint it can be resumed from, and the learning-rate series.
         backend_checked(bool, str, tuple[str, ...]): "Test connection" answered: usable,
             what the server said (or why not), and the server's checkpoints (ComfyUI).
         token_state_changed(str): where the Replicate token comes from (never the token).
@@ -330,7 +351,7 @@ class StudioController(QObject):
     buckets_changed = Signal(object)
     jobs_listed = Signal(object)
     job_updated = Signal(object, object)
-    job_details = Signal(object, object, object, object)
+    job_details = Signal(object, object, object, object, object)
     backend_checked = Signal(bool, str, object)
     token_state_changed = Signal(str)
     remote_cost_changed = Signal(str)
@@ -1277,7 +1298,8 @@ class StudioController(QObject):
             self._jobs_task = None
 
     def load_job_details(self, job_id: str) -> asyncio.Task[None] | None:
-        """Read a job's logs, loss series and checkpoint (answers :attr:`job_details`)."""
+        """Read a job's logs, loss and learning-rate series and checkpoint (answers
+        :attr:`job_details`)."""
         if self._queue_store is None:
             return None
         return self._spawn(self._job_details(job_id), "read the job's history")
@@ -1286,20 +1308,23 @@ class StudioController(QObject):
         store = self._queue_store
         assert store is not None
 
-        def read() -> tuple[Job | None, list[str], list[tuple[int, float]], Path | None]:
+        def read() -> tuple[
+            Job | None, list[str], list[tuple[int, float]], Path | None, list[tuple[int, float]]
+        ]:
             job = store.get(job_id)
             if job is None:
-                return None, [], [], None
+                return None, [], [], None, []
             checkpoint = (
                 latest_checkpoint_of(job.spec)
                 if job.spec is not None and job.backend is BackendType.LOCAL
                 else None
             )
-            return job, store.logs(job_id, tail=400), store.losses(job_id), checkpoint
+            logs, losses = store.logs(job_id, tail=400), store.losses(job_id)
+            return job, logs, losses, checkpoint, store.learning_rates(job_id)
 
-        job, logs, losses, checkpoint = await asyncio.to_thread(read)
+        job, logs, losses, checkpoint, rates = await asyncio.to_thread(read)
         if job is not None:
-            self.job_details.emit(job, logs, losses, checkpoint)
+            self.job_details.emit(job, logs, losses, checkpoint, rates)
 
     def cancel_job(self, job_id: str) -> asyncio.Task[None] | None:
         """Cancel job ``job_id`` from the jobs list (the window's local run, or a queued

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from gui_helpers import run
 from PIL import Image
 from PySide6.QtCore import QObject, QPoint, Qt, QUrl, Slot
@@ -436,12 +435,6 @@ def test_a_job_from_the_history_shows_its_learning_rate_curve(make_window, qloop
     assert charts.loss.steps == (1.0, 2.0) and charts.lr.steps == () and charts.lr.isHidden()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StudioController.load_job_details does not read JobStore.learning_rates yet "
-    "(gui/controller.py is being changed elsewhere): the history's rates never reach the "
-    "window. Remove this mark with that change.",
-)
 def test_the_window_shows_a_history_jobs_learning_rate_curve(make_window, qloop, gui_home):
     store = JobStore(job_db_path())
     job, rates = _record_run(store, "papercut_lr")
