@@ -834,6 +834,22 @@ class Dataset:
 # ---- indexing ----------------------------------------------------------------------------
 
 
+def first_images(folder: str | os.PathLike[str], count: int) -> list[Path]:
+    """The first ``count`` image files of ``folder`` in the order its dataset lists them
+    (folders top-down, names sorted), from the listing alone: the window prefetches their
+    thumbnails while the folder is still being indexed. Unreadable folders are skipped."""
+    extensions = image_extensions()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
+                found.append(Path(dirpath) / name)
+                if len(found) >= count:
+                    return found
+    return found
+
+
 def _index(folder: Path, ext: str) -> Dataset:
     extensions = image_extensions()
     notes: list[DatasetNote] = []

@@ -294,8 +294,10 @@ def min_side_for(family: ModelFamily | str | None) -> int:
 def caption_issues(item: ImageItem, caption: str | None = None) -> list[Issue]:
     """The caption's issues; ``caption`` (e.g. an edit not saved yet) replaces the item's."""
     text = item.caption if caption is None else caption
-    source = item.metadata.file.name if item.metadata is not None else item.caption_path.name
     issues: list[Issue] = []
+    if text and text.strip() and not item.caption_error and item.caption_encoding == "utf-8":
+        return issues  # the common case, asked for every image when a folder opens
+    source = item.metadata.file.name if item.metadata is not None else item.caption_path.name
     if item.caption_error and caption is None:
         issues.append(Issue(item.path, Severity.WARNING, "caption_unreadable", item.caption_error))
     elif text is None:

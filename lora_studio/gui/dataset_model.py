@@ -179,11 +179,13 @@ class DatasetModel(QAbstractTableModel):
     def set_dataset(self, dataset: Dataset | None) -> None:
         """Show ``dataset`` (``None``: nothing)."""
         self.beginResetModel()
-        if self._thumbnails is not None:
-            self._thumbnails.cancel_pending()
         self._dataset = dataset
         self._items = list(dataset.images) if dataset is not None else []
         self._rows = {item.path: row for row, item in enumerate(self._items)}
+        if self._thumbnails is not None:
+            # The last dataset's requests go; this one's (prefetched while it was
+            # indexed) stay.
+            self._thumbnails.cancel_pending(keep=self._rows)
         self._pending.clear()
         self._states.clear()
         self._save_errors.clear()

@@ -33,7 +33,8 @@ def settle(reason: str) -> None:
     generation stay, a bounded cost (the window makes few)."""
     gc.collect(1)
     gc.freeze()
-    log.debug("Heap settled after %s: %d objects frozen", reason, gc.get_freeze_count())
+    if log.isEnabledFor(logging.DEBUG):  # (counting them walks them all)
+        log.debug("Heap settled after %s: %d objects frozen", reason, gc.get_freeze_count())
 
 
 __all__ = ["settle"]

@@ -366,6 +366,7 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         c = self.controller
         c.dataset_loading.connect(self.browser.set_loading)
+        c.dataset_preview.connect(self.thumbnails.prefetch)
         c.dataset_loaded.connect(self._on_dataset_loaded)
         c.dataset_failed.connect(self._on_dataset_failed)
         c.file_sizes_read.connect(self.browser.proxy.set_file_sizes)

@@ -21,17 +21,18 @@ the user stopped at. A row given up is asked for again when it is painted again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QImage
 
 from lora_studio.core.atomic import atomic_write_bytes
@@ -92,18 +93,24 @@ def make_thumbnail(
         if not image.isNull():
             return image
         log.info("Ignoring an unreadable cached thumbnail %s", cached)
-    png = _decode(path, size, background)
-    image = QImage.fromData(png, "PNG")
-    if image.isNull():  # pragma: no cover - PIL just wrote this PNG
+    rgb = _decode(path, size, background)
+    # Straight from the pixels: no PNG encode and decode between the user and the image.
+    image = QImage(
+        rgb.tobytes(), rgb.width, rgb.height, rgb.width * 3, QImage.Format.Format_RGB888
+    ).copy()
+    if image.isNull():  # pragma: no cover - the bytes were just made
         raise ThumbnailError("The thumbnail could not be made.")
     if deliver is not None:
         deliver(image)
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
+            out = io.BytesIO()
+            # compress_level 1: a third of the default's time, the file barely larger.
+            rgb.save(out, format="PNG", compress_level=1)
             # No fsync: a cache file cut short by a power loss reads as unreadable
             # above and is made again.
-            atomic_write_bytes(cached, png, durable=False)
+            atomic_write_bytes(cached, out.getvalue(), durable=False)
         except OSError as exc:
             # The cache only saves time; a read-only or full cache must not break
             # browsing, but say so once per file in the log.
@@ -111,7 +118,7 @@ def make_thumbnail(
     return image
 
 
-def _decode(path: Path, size: int, background: Color = WHITE) -> bytes:
+def _decode(path: Path, size: int, background: Color = WHITE) -> Image.Image:
     try:
         with Image.open(path) as img:
             # For JPEG, draft() decodes at 1/2, 1/4 or 1/8 scale: much faster for photos.
@@ -136,9 +143,7 @@ def _decode(path: Path, size: int, background: Color = WHITE) -> bytes:
         raise ThumbnailError("The image is too large to decode safely.") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ThumbnailError(f"The image cannot be decoded ({exc}).") from None
-    out = io.BytesIO()
-    rgb.save(out, format="PNG")
-    return out.getvalue()
+    return rgb
 
 
 class _Relay(QObject):
@@ -186,6 +191,11 @@ class _Queue:
     def finished(self, path: Path) -> None:
         with self.lock:
             self.running.discard(path)
+
+    def waiting_paths(self) -> list[Path]:
+        """The paths of requests not started yet, oldest first."""
+        with self.lock:
+            return list(self.waiting)
 
     def __contains__(self, path: Path) -> bool:
         with self.lock:
@@ -274,20 +284,57 @@ class ThumbnailLoader(QObject):
         self._queue = _Queue(MAX_WAITING)
         self._priority = 0
         self._closed = False
+        # Prefetched thumbnails nobody has asked for yet (see prefetch()).
+        self._prefetching: set[Path] = set()
+        self._prefetched: dict[Path, QImage] = {}
+        self._handing_over: set[Path] = set()
 
     def request(self, path: Path) -> None:
         """Ask for ``path``'s thumbnail; a request already under way is not repeated."""
         if self._closed:
             return
+        if path in self._prefetched:
+            # Made before anyone asked: delivered from the event loop, as a decode is
+            # (views ask from inside their paint, where models must not change).
+            if path not in self._handing_over:
+                self._handing_over.add(path)
+                QTimer.singleShot(0, self, functools.partial(self._hand_over, path))
+            return
+        self._submit(path)
+
+    def _hand_over(self, path: Path) -> None:
+        self._handing_over.discard(path)
+        image = self._prefetched.pop(path, None)
+        if image is not None and not self._closed:
+            self.thumbnail_ready.emit(path, image)
+
+    def prefetch(self, paths: Iterable[Path]) -> None:
+        """Make the thumbnails of ``paths`` now, before anyone asks, and keep them until
+        :meth:`request` does (the window prefetches a folder's first page while it is
+        indexed). Replaces the last prefetch's unclaimed thumbnails."""
+        if self._closed:
+            return
+        wanted = list(dict.fromkeys(paths))
+        self._prefetched.clear()
+        self._prefetching = set(wanted)
+        # In the order given (the grid's), all before requests made until now.
+        top = self._priority + len(wanted)
+        for offset, path in enumerate(wanted):
+            self._submit(path, priority=(top - offset) % 2_000_000_000)
+        self._priority = top % 2_000_000_000
+
+    def _submit(self, path: Path, priority: int | None = None) -> None:
         token = self._queue.add(path)
         if token is None:
             return
-        # Rising priority: the pool starts the most recent request first.
-        self._priority = (self._priority + 1) % 2_000_000_000
+        if priority is None:
+            # Rising priority: the pool starts the most recent request first.
+            self._priority = (self._priority + 1) % 2_000_000_000
+            priority = self._priority
         job = _ThumbnailJob(
             path, self.size, self.cache_dir, self._relay, self.background, self._queue, token
         )
-        self._pool.start(job, self._priority)
+        self._pool.start(job, priority)
 
     def is_pending(self, path: Path) -> bool:
         return path in self._queue
@@ -297,10 +344,14 @@ class ThumbnailLoader(QObject):
         """Requests given up so far because newer ones came (see the module docstring)."""
         return self._queue.given_up
 
-    def cancel_pending(self) -> None:
-        """Drop requests that have not started (e.g. when another dataset is opened)."""
+    def cancel_pending(self, keep: Container[Path] = ()) -> None:
+        """Drop requests that have not started (e.g. when another dataset is opened),
+        except those for paths in ``keep`` (the new dataset's, prefetched)."""
+        kept = [path for path in self._queue.waiting_paths() if path in keep]
         self._pool.clear()
         self._queue.clear()
+        for path in kept:
+            self._submit(path)
 
     def shutdown(self, timeout_ms: int = 10_000) -> bool:
         """Stop taking requests and wait for running decodes; ``True`` if all ended."""
@@ -312,6 +363,9 @@ class ThumbnailLoader(QObject):
 
     def _on_done(self, path: Path, image: QImage) -> None:
         self._queue.finished(path)
+        if path in self._prefetching:
+            self._prefetching.discard(path)
+            self._prefetched[path] = image
         self.thumbnail_ready.emit(path, image)
 
     def _on_failed(self, path: Path, reason: str) -> None:

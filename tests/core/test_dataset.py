@@ -13,6 +13,7 @@ from lora_studio.core.dataset import (
     DatasetBuilder,
     ImageItem,
     check_image,
+    first_images,
     read_caption,
     training_caption,
     write_caption,
@@ -565,3 +566,44 @@ def test_metadata_captions_may_hold_line_separators(tmp_path: Path) -> None:
     write_caption(b, "b\u2028edited")
     a, b = Dataset.from_directory(tmp_path).images
     assert (a.caption, b.caption) == (text, "b\u2028edited")
+
+
+def test_first_images_come_in_the_datasets_own_order(tmp_path: Path) -> None:
+    """The window prefetches these thumbnails while it indexes: they must be the grid's
+    first rows, whatever the layout (top-level files first, then folders, names sorted)."""
+    root = tmp_path / "set"
+    for folder in ("20_b style", "10_a style", ".hidden"):
+        (root / folder).mkdir(parents=True)
+    picture_bytes = _tiny_png()
+    for name in (
+        "z.png",
+        "a.jpg",
+        ".secret.png",
+        "notes.txt",
+        "10_a style/2.png",
+        "10_a style/1.png",
+        "20_b style/x.png",
+        ".hidden/h.png",
+    ):
+        (root / name).write_bytes(picture_bytes)
+    listed = [item.path for item in Dataset.from_directory(root).images]
+    assert first_images(root, 100) == listed
+    assert [p.relative_to(root).as_posix() for p in listed] == [
+        "a.jpg",
+        "z.png",
+        "10_a style/1.png",
+        "10_a style/2.png",
+        "20_b style/x.png",
+    ]
+    assert first_images(root, 3) == listed[:3]
+    assert first_images(tmp_path / "missing", 5) == []
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(out, format="PNG")
+    return out.getvalue()

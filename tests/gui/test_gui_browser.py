@@ -231,3 +231,22 @@ def test_scrolling_holds_the_image_check(make_window, qloop, papercut):
     before = window.controller._background_hold_until
     window.browser.view.verticalScrollBar().valueChanged.emit(1)
     assert window.controller._background_hold_until > before
+
+
+def test_the_first_page_is_prefetched_while_the_folder_is_indexed(make_window, qloop, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    tile = picture(48, 48, 3)
+    for n in range(150):
+        tile.save(folder / f"{n:04}.png")
+    window = make_window()
+    previews: list[list[Path]] = []
+    window.controller.dataset_preview.connect(previews.append)
+    dataset = open_and_wait(qloop, window, folder)
+    run(qloop, wait_until(lambda: bool(previews), 10, what="the preview"))
+    first = previews[0]
+    # The grid's first rows, listed before the index was done, and their thumbnails made.
+    assert first == [item.path for item in dataset.images[: len(first)]]
+    assert 50 <= len(first) < len(dataset.images)
+    model = window.dataset_model
+    run(qloop, wait_until(lambda: model.has_thumbnail(first[0]), 20, what="a thumbnail"))

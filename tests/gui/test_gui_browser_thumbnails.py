@@ -23,7 +23,7 @@ def test_old_waiting_requests_are_given_up(qapp, qloop, tmp_path: Path, monkeypa
     entered, release = threading.Event(), threading.Event()
     original = module._decode
 
-    def gated(path: Path, size: int, *args: object) -> bytes:
+    def gated(path: Path, size: int, *args: object) -> Image.Image:
         if path == paths[0]:
             entered.set()
             release.wait(10)
@@ -49,4 +49,68 @@ def test_old_waiting_requests_are_given_up(qapp, qloop, tmp_path: Path, monkeypa
         run(qloop, wait_until(lambda: paths[1] in ready, 20, what="the re-requested one"))
     finally:
         release.set()
+        loader.shutdown()
+
+
+def test_prefetched_thumbnails_are_handed_over_without_a_second_decode(
+    qapp, qloop, tmp_path: Path, monkeypatch
+):
+    """While a folder is indexed the window prefetches its first page: asked for later,
+    those thumbnails come from memory (the file is not read again)."""
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"img{i}.png"
+        Image.new("RGB", (64, 48), (i * 60, 90, 120)).save(path)
+        paths.append(path)
+    decoded: list[Path] = []
+    original = module._decode
+
+    def counted(path: Path, size: int, *args: object) -> Image.Image:
+        decoded.append(path)
+        return original(path, size, *args)
+
+    monkeypatch.setattr(module, "_decode", counted)
+    loader = ThumbnailLoader(cache_dir=None, max_threads=1)
+    ready: list[tuple[Path, tuple[int, int]]] = []
+    loader.thumbnail_ready.connect(
+        lambda path, image: ready.append((path, (image.width(), image.height())))
+    )
+    try:
+        loader.prefetch(paths[:3])
+        run(qloop, wait_until(lambda: len(decoded) == 3, 20, what="the prefetch"))
+        assert decoded == paths[:3], "made in the order the grid shows them"
+        run(qloop, wait_until(lambda: len(ready) == 3, 20, what="the prefetch's signals"))
+        ready.clear()
+        for path in paths[:3]:
+            path.unlink()  # not read again: a second decode would fail now
+        for path in [paths[0], paths[0], paths[1], paths[3]]:
+            loader.request(path)
+        run(qloop, wait_until(lambda: len(ready) == 3, 20, what="the hand-over"))
+        assert sorted(p.name for p, _ in ready) == ["img0.png", "img1.png", "img3.png"]
+        assert all(size == (64, 48) for _, size in ready)
+        assert decoded == [*paths[:3], paths[3]], "only the one not prefetched was decoded"
+    finally:
+        loader.shutdown()
+
+
+def test_a_new_datasets_waiting_requests_survive_the_switch(qapp, qloop, tmp_path: Path):
+    """Opening a folder drops the last one's waiting requests, not the prefetched page of
+    the one being opened."""
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"img{i}.png"
+        Image.new("RGB", (32, 32), (i * 60, 90, 120)).save(path)
+        paths.append(path)
+    loader = ThumbnailLoader(cache_dir=None, max_threads=1)
+    loader._pool.setMaxThreadCount(1)
+    blocker = threading.Event()
+    loader._pool.start(lambda: blocker.wait(10))  # the only worker is busy
+    try:
+        loader.prefetch(paths[1:])
+        loader.request(paths[0])  # the last dataset's
+        loader.cancel_pending(keep={paths[1], paths[2]})
+        assert not loader.is_pending(paths[0])
+        assert loader.is_pending(paths[1]) and loader.is_pending(paths[2])
+    finally:
+        blocker.set()
         loader.shutdown()
