@@ -24,7 +24,7 @@ def _store_with_jobs() -> tuple[Job, Job]:
     done.status, done.output_path = JobStatus.RUNNING, None
     store.save(done)
     store.append_logs(done.id, ["step 1/2", "step 2/2"])
-    store.record_losses(done.id, [(1, 0.5), (2, 0.25)])
+    store.record_losses(done.id, [(1, 0.5, 1e-4), (2, 0.25, 5e-5)])
     done.status, done.output_path = JobStatus.SUCCEEDED, "/out/done.safetensors"
     store.save(done)
     waiting = Job(
@@ -50,12 +50,14 @@ def test_list_show_and_cancel(capsys) -> None:
     out = capsys.readouterr().out
     assert "output:      /out/done.safetensors" in out
     assert "loss:        0.5000 at step 1 -> 0.2500 at step 2 (2 points)" in out
+    assert "lr:          0.0001 at step 1 -> 5e-05 at step 2" in out
     assert "| step 2/2" in out and "running" in out
 
     assert main(["jobs", "show", done.id, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [e["status"] for e in data["events"]] == ["queued", "running", "succeeded"]
     assert data["spec"]["config"]["rank"] == 4
+    assert data["learning_rates"] == [[1, 1e-4], [2, 5e-5]]
 
     assert main(["jobs", "cancel", "zz-"]) == 0
     assert "Cancelled waiting" in capsys.readouterr().out

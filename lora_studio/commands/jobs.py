@@ -25,7 +25,9 @@ def register_top_level(subparsers: Any) -> None:
     listing = jsub.add_parser("list", help="recent jobs, newest first")
     listing.add_argument("--limit", type=int, default=30)
     listing.add_argument("--json", action="store_true")
-    show = jsub.add_parser("show", help="one job: spec, status history, log tail, losses")
+    show = jsub.add_parser(
+        "show", help="one job: spec, status history, log tail, losses, learning rates"
+    )
     show.add_argument("id", help="job id (or a unique prefix)")
     show.add_argument("--json", action="store_true")
     show.add_argument("--log", type=int, default=20, metavar="N", help="log lines to show")
@@ -105,6 +107,7 @@ def _summary(job: Job) -> dict[str, Any]:
 def _show(store: JobStore, job: Job, args: argparse.Namespace) -> int:
     events = store.events(job.id)
     losses = store.losses(job.id)
+    rates = store.learning_rates(job.id)
     logs = store.logs(job.id, tail=args.log)
     if args.json:
         data = _summary(job)
@@ -113,6 +116,7 @@ def _show(store: JobStore, job: Job, args: argparse.Namespace) -> int:
             {"at": e.at, "status": e.status.value, "message": e.message} for e in events
         ]
         data["losses"] = losses
+        data["learning_rates"] = rates
         data["log_tail"] = logs
         print(json.dumps(data, indent=2))
         return 0
@@ -135,6 +139,11 @@ def _show(store: JobStore, job: Job, args: argparse.Namespace) -> int:
         print(
             f"  loss:        {first[1]:.4f} at step {first[0]} -> {last[1]:.4f} at step "
             f"{last[0]} ({len(losses)} points)"
+        )
+    if rates:
+        first, last = rates[0], rates[-1]
+        print(
+            f"  lr:          {first[1]:.3g} at step {first[0]} -> {last[1]:.3g} at step {last[0]}"
         )
     for line in logs:
         print(f"  | {line}")
