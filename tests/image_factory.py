@@ -27,6 +27,18 @@ def picture(width: int, height: int, seed: int = 0, cells: int = 6) -> Image.Ima
     return Image.fromarray(base).resize((width, height), Image.Resampling.BICUBIC)
 
 
+def tile_folder(folder: Path, count: int, side: int = 48, captions: bool = False) -> Path:
+    """``folder`` with ``count`` copies of one small PNG (``0000.png``, ...), each with a
+    caption file when ``captions``: a big folder that is quick to make."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tile = picture(side, side, 3)
+    for n in range(count):
+        tile.save(folder / f"{n:04}.png")
+        if captions:
+            (folder / f"{n:04}.txt").write_text(f"tile {n}, blue", "utf-8")
+    return folder
+
+
 def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)

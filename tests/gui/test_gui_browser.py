@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from gui_helpers import fast_config, open_and_wait, run
-from image_factory import picture
+from image_factory import picture, tile_folder
 from PySide6.QtCore import QItemSelectionModel
 
 from lora_studio.gui.async_signals import signal_future, wait_until
@@ -234,11 +234,7 @@ def test_scrolling_holds_the_image_check(make_window, qloop, papercut):
 
 
 def test_the_first_page_is_prefetched_while_the_folder_is_indexed(make_window, qloop, tmp_path):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    tile = picture(48, 48, 3)
-    for n in range(150):
-        tile.save(folder / f"{n:04}.png")
+    folder = tile_folder(tmp_path / "many", 150)
     window = make_window()
     previews: list[list[Path]] = []
     window.controller.dataset_preview.connect(previews.append)

@@ -8,18 +8,13 @@ import gc
 
 import pytest
 from gui_helpers import open_and_wait
-from image_factory import picture
+from image_factory import tile_folder
 
 pytestmark = pytest.mark.usefixtures("built_tiny_model")
 
 
 def test_reopening_a_dataset_keeps_the_frozen_heap_flat(make_window, qloop, tmp_path):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    tile = picture(64, 64, 1)
-    for n in range(400):
-        tile.save(folder / f"{n:04}.png")
-        (folder / f"{n:04}.txt").write_text(f"tile {n}, blue", "utf-8")
+    folder = tile_folder(tmp_path / "many", 400, captions=True)
     window = make_window()
     before = gc.get_freeze_count()
     open_and_wait(qloop, window, folder)
