@@ -288,6 +288,8 @@ class ThumbnailLoader(QObject):
         self._prefetching: set[Path] = set()
         self._prefetched: dict[Path, QImage] = {}
         self._handing_over: set[Path] = set()
+        # Each submitted path's priority (cancel_pending() keeps some in their order).
+        self._priorities: dict[Path, int] = {}
 
     def request(self, path: Path) -> None:
         """Ask for ``path``'s thumbnail; a request already under way is not repeated."""
@@ -331,6 +333,9 @@ class ThumbnailLoader(QObject):
             # Rising priority: the pool starts the most recent request first.
             self._priority = (self._priority + 1) % 2_000_000_000
             priority = self._priority
+        self._priorities[path] = priority
+        if len(self._priorities) > 4 * MAX_WAITING:  # forget the given-up ones
+            self._priorities = {p: v for p, v in self._priorities.items() if p in self._queue}
         job = _ThumbnailJob(
             path, self.size, self.cache_dir, self._relay, self.background, self._queue, token
         )
@@ -347,11 +352,16 @@ class ThumbnailLoader(QObject):
     def cancel_pending(self, keep: Container[Path] = ()) -> None:
         """Drop requests that have not started (e.g. when another dataset is opened),
         except those for paths in ``keep`` (the new dataset's, prefetched)."""
-        kept = [path for path in self._queue.waiting_paths() if path in keep]
+        kept = [
+            (path, self._priorities.get(path))
+            for path in self._queue.waiting_paths()
+            if path in keep
+        ]
         self._pool.clear()
         self._queue.clear()
-        for path in kept:
-            self._submit(path)
+        self._priorities.clear()
+        for path, priority in kept:  # in the order they had
+            self._submit(path, priority)
 
     def shutdown(self, timeout_ms: int = 10_000) -> bool:
         """Stop taking requests and wait for running decodes; ``True`` if all ended."""
@@ -363,6 +373,7 @@ class ThumbnailLoader(QObject):
 
     def _on_done(self, path: Path, image: QImage) -> None:
         self._queue.finished(path)
+        self._priorities.pop(path, None)
         if path in self._prefetching:
             self._prefetching.discard(path)
             self._prefetched[path] = image
@@ -370,4 +381,5 @@ class ThumbnailLoader(QObject):
 
     def _on_failed(self, path: Path, reason: str) -> None:
         self._queue.finished(path)
+        self._priorities.pop(path, None)
         self.thumbnail_failed.emit(path, reason)

@@ -95,22 +95,26 @@ def test_prefetched_thumbnails_are_handed_over_without_a_second_decode(
 
 def test_a_new_datasets_waiting_requests_survive_the_switch(qapp, qloop, tmp_path: Path):
     """Opening a folder drops the last one's waiting requests, not the prefetched page of
-    the one being opened."""
+    the one being opened, which is still made first row first."""
     paths = []
-    for i in range(3):
+    for i in range(4):
         path = tmp_path / f"img{i}.png"
         Image.new("RGB", (32, 32), (i * 60, 90, 120)).save(path)
         paths.append(path)
     loader = ThumbnailLoader(cache_dir=None, max_threads=1)
-    loader._pool.setMaxThreadCount(1)
+    made: list[Path] = []
+    loader.thumbnail_ready.connect(lambda path, _image: made.append(path))
     blocker = threading.Event()
     loader._pool.start(lambda: blocker.wait(10))  # the only worker is busy
     try:
         loader.prefetch(paths[1:])
         loader.request(paths[0])  # the last dataset's
-        loader.cancel_pending(keep={paths[1], paths[2]})
+        loader.cancel_pending(keep=set(paths[1:]))
         assert not loader.is_pending(paths[0])
-        assert loader.is_pending(paths[1]) and loader.is_pending(paths[2])
+        assert all(loader.is_pending(path) for path in paths[1:])
+        blocker.set()
+        run(qloop, wait_until(lambda: len(made) == 3, 20, what="the kept requests"))
+        assert made == paths[1:], "in the grid's order, as prefetched"
     finally:
         blocker.set()
         loader.shutdown()
