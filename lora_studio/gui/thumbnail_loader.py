@@ -17,6 +17,12 @@ user is looking at now win over rows scrolled past; and only the newest
 their turn comes (a job checks, as it starts, that it is still wanted), so scrolling
 quickly through 10,000 images does not leave thousands of decodes queued behind the page
 the user stopped at. A row given up is asked for again when it is painted again.
+
+While a folder is being indexed, the window asks for its first page ahead of time
+(:meth:`ThumbnailLoader.prefetch`, from the listing alone); those thumbnails wait in memory
+until the grid asks for them, and a new dataset's waiting requests survive the switch
+(:meth:`ThumbnailLoader.cancel_pending` with ``keep``). A new thumbnail goes to the view
+straight from its pixels, before its cache file is written.
 """
 
 from __future__ import annotations
@@ -245,7 +251,9 @@ class _ThumbnailJob(QRunnable):
             self.relay.failed.emit(self.path, str(exc))
         except Exception as exc:  # a bug; show a placeholder and keep the details
             log.exception("Thumbnail of %s failed", self.path)
-            self.relay.failed.emit(self.path, f"Unexpected error: {type(exc).__name__}: {exc}")
+            if not delivered:  # (after it was shown, only its cache file is missing)
+                reason = f"Unexpected error: {type(exc).__name__}: {exc}"
+                self.relay.failed.emit(self.path, reason)
         else:
             if not delivered:
                 self.relay.done.emit(self.path, image)
