@@ -508,7 +508,7 @@ class StudioController(QObject):
 
     async def _detect_devices(self) -> None:
         count = await asyncio.to_thread(cuda_device_count)  # imports torch: seconds
-        settle("importing torch")
+        settle("importing torch", collect=False)
         self.cuda_count = count
         self.devices_detected.emit(count, cpu_processes_offered() if count == 0 else 1)
         name, memory = await asyncio.to_thread(cuda_gpu_memory) if count else ("", 0.0)
