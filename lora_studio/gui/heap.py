@@ -31,9 +31,9 @@ def settle(reason: str, *, collect: bool = True) -> None:
 
     First, with ``collect``, a full collection frees the garbage cycles made since the
     last settle, so they are not frozen with the rest (it walks only the objects made
-    since then: 5-9 ms after a 10,000-image dataset loads; without it, each reopen of
-    a folder kept about one object per image). Without ``collect``, only the young
-    generations are collected (for start-up, whose objects are nearly all alive)."""
+    since then: 5-9 ms after a 10,000-image dataset loads). Without ``collect``, only
+    the young generations are collected (for start-up, whose objects are nearly all
+    alive)."""
     gc.collect() if collect else gc.collect(1)
     gc.freeze()
     if log.isEnabledFor(logging.DEBUG):  # (counting them walks them all)
