@@ -52,6 +52,22 @@ def open_and_wait(loop: asyncio.AbstractEventLoop, window: MainWindow, folder: P
     return run(loop, scenario())
 
 
+def open_validated(loop: asyncio.AbstractEventLoop, window: MainWindow, folder: Path) -> None:
+    """Open ``folder`` and wait for the work that follows: the image check and the
+    bucket placement."""
+
+    async def scenario() -> None:
+        from lora_studio.gui.async_signals import signal_future
+
+        validated = signal_future(window.controller.dataset_validated)
+        placed = signal_future(window.controller.buckets_changed)
+        window.controller.open_dataset(folder)
+        await validated
+        await placed
+
+    run(loop, scenario())
+
+
 def drop_on(window: MainWindow, *paths: Path) -> tuple[bool, bool]:
     """Drag ``paths`` over the window and drop them, as a file manager would.
 

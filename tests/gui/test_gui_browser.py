@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gui_helpers import fast_config, open_and_wait, run
+from gui_helpers import fast_config, open_and_wait, open_validated, run
 from image_factory import picture, tile_folder
 from PySide6.QtCore import QItemSelectionModel
 
@@ -25,17 +25,6 @@ def shown_names(window: MainWindow) -> list[str]:
         window.dataset_model.item(proxy.mapToSource(proxy.index(row, 0)).row()).name
         for row in range(proxy.rowCount())
     ]
-
-
-def open_validated(qloop, window: MainWindow, folder: Path) -> None:
-    async def scenario() -> None:
-        validated = signal_future(window.controller.dataset_validated)
-        placed = signal_future(window.controller.buckets_changed)
-        window.controller.open_dataset(folder)
-        await validated
-        await placed
-
-    run(qloop, scenario())
 
 
 @pytest.fixture

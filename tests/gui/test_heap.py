@@ -9,39 +9,24 @@ import gc
 import weakref
 
 import pytest
-from gui_helpers import run
+from gui_helpers import open_validated
 from image_factory import tile_folder
-
-from lora_studio.gui.async_signals import signal_future
 
 pytestmark = pytest.mark.usefixtures("built_tiny_model")
 
 IMAGES = 900  # under the helper process's threshold: the check runs on threads here
 
 
-def _open_and_settle(qloop, window, folder) -> None:
-    """Open ``folder`` and wait for the work that follows (the check, the buckets)."""
-
-    async def scenario() -> None:
-        validated = signal_future(window.controller.dataset_validated)
-        placed = signal_future(window.controller.buckets_changed)
-        window.controller.open_dataset(folder)
-        await validated
-        await placed
-
-    run(qloop, scenario())
-
-
 def test_reopening_a_dataset_keeps_the_frozen_heap_flat(make_window, qloop, tmp_path):
     folder = tile_folder(tmp_path / "many", IMAGES, side=16, captions=True)
     window = make_window()
     before = gc.get_freeze_count()
-    _open_and_settle(qloop, window, folder)
+    open_validated(qloop, window, folder)
     assert gc.get_freeze_count() > before + IMAGES, "the loaded dataset was settled"
-    _open_and_settle(qloop, window, folder)
+    open_validated(qloop, window, folder)
     settled = gc.get_freeze_count()
     for _ in range(4):
-        _open_and_settle(qloop, window, folder)
+        open_validated(qloop, window, folder)
     # Each open frees the last dataset (thousands of objects) and settles the new one:
     # what stays frozen grows by far less than one object per image and open (without
     # the collection before each freeze it grew by about that much).
@@ -65,5 +50,5 @@ def test_garbage_cycles_are_freed_not_frozen(make_window, qloop, tmp_path):
     watch = [weakref.ref(node) for node in nodes]
     del nodes  # garbage now, but cyclic: reference counting cannot free it
     assert all(ref() is not None for ref in watch)
-    _open_and_settle(qloop, window, folder)
+    open_validated(qloop, window, folder)
     assert all(ref() is None for ref in watch), "freed before the freeze"
