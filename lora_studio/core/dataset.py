@@ -218,7 +218,7 @@ def _decode_text(raw: bytes) -> tuple[str, str]:
     raise AssertionError("latin-1 decodes every byte string")  # pragma: no cover
 
 
-def read_caption(path: Path) -> tuple[str | None, str]:
+def read_caption(path: str | os.PathLike[str]) -> tuple[str | None, str]:
     """Read a caption file; returns ``(text, encoding)`` or ``(None, "utf-8")`` if absent.
 
     Text that is not UTF-8 is decoded with a fallback encoding instead of failing, so
@@ -228,7 +228,8 @@ def read_caption(path: Path) -> tuple[str | None, str]:
         DatasetError: the file exists but cannot be read (permission denied, a folder...).
     """
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except FileNotFoundError:
         return None, "utf-8"
     except OSError as exc:
@@ -880,7 +881,7 @@ def _index(folder: Path, ext: str) -> Dataset:
                 images.append(name)
             elif name == METADATA_FILE:
                 metadata_files.append(here / name)
-            else:
+            elif suffix != ext:  # (not a caption)
                 reason = unsupported_reason(suffix)
                 if reason is not None:
                     notes.append(DatasetNote(here / name, ERROR, "unsupported_format", reason))
@@ -924,7 +925,7 @@ def _index(folder: Path, ext: str) -> Dataset:
                         )
                     )
             elif has_sidecar:
-                _read_sidecar(item)
+                _read_sidecar(item, os.path.join(here, sidecar_name))
             elif covering is not None:
                 # A folder described by metadata.jsonl: a new caption becomes a new row.
                 relative = os.path.relpath(path, covering.file.parent).replace(os.sep, "/")
@@ -946,9 +947,10 @@ def _index(folder: Path, ext: str) -> Dataset:
     return Dataset(folder, items, notes=notes, caption_extension=ext)
 
 
-def _read_sidecar(item: ImageItem) -> None:
+def _read_sidecar(item: ImageItem, file: str | None = None) -> None:
+    # ``file``: the sidecar's path, when the caller has it as text (faster than a Path).
     try:
-        caption, encoding = read_caption(item.caption_path)
+        caption, encoding = read_caption(file if file is not None else item.caption_path)
     except DatasetError as exc:
         item.problem = item.caption_error = str(exc)
         return
