@@ -41,16 +41,20 @@ class CaptionWatcher(QObject):
     def __init__(self, controller: StudioController, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.controller = controller
-        self.watcher = QFileSystemWatcher(self)
+        self.watcher = self._new_watcher()
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.setInterval(SETTLE_MS)
         self.timer.timeout.connect(controller.check_captions_on_disk)
         self._captions: list[str] = []
         self._generation = 0
-        self.watcher.directoryChanged.connect(self._on_directory_changed)
-        self.watcher.fileChanged.connect(self._on_file_changed)
         controller.dataset_loaded.connect(self.watch)
+
+    def _new_watcher(self) -> QFileSystemWatcher:
+        watcher = QFileSystemWatcher(self)
+        watcher.directoryChanged.connect(self._on_directory_changed)
+        watcher.fileChanged.connect(self._on_file_changed)
+        return watcher
 
     def watch(self, dataset: Dataset) -> asyncio.Task[None]:
         """Watch ``dataset``'s folders (and ``metadata.jsonl``) instead of the last one's.
@@ -59,9 +63,11 @@ class CaptionWatcher(QObject):
         took ~0.1 s of the GUI thread) and handed to the watcher in chunks, so the window
         paints the new dataset meanwhile."""
         self._generation += 1
-        for paths in (self.watcher.directories(), self.watcher.files()):
-            if paths:
-                self.watcher.removePaths(paths)
+        # A new watcher: deleting the old one drops its 4,000 watches in ~10 ms, where
+        # removePaths() took ~0.15 s of the GUI thread.
+        old, self.watcher = self.watcher, self._new_watcher()
+        old.blockSignals(True)
+        old.deleteLater()
         self._captions = []
         return self.controller.spawn(
             self._watch(dataset, self._generation), "watch the caption files"
