@@ -119,6 +119,11 @@ class BrowserFilter(QSortFilterProxyModel):
         """Some images may be hidden."""
         return self._show != self.ALL or bool(self._terms) or self._bucket is not None
 
+    @property
+    def shows_dataset_order(self) -> bool:
+        """Every image, in the dataset's own order (no filter, sorted by name A-Z)."""
+        return not self.is_filtering and self._sort == self.NAME and not self._descending
+
     def set_show(self, show: str) -> None:
         """:attr:`ALL`, :attr:`UNCAPTIONED`, :attr:`PROBLEMS` or :attr:`ERRORS`."""
         if show not in self.SHOWS:

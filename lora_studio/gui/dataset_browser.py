@@ -45,7 +45,7 @@ from PySide6.QtWidgets import (
 from lora_studio.core.formats import BASE_IMAGE_EXTENSIONS
 from lora_studio.gui import artwork
 from lora_studio.gui.browser_filters import NO_BUCKET, BrowserFilter
-from lora_studio.gui.dataset_model import Column, DatasetModel, Role
+from lora_studio.gui.dataset_model import Column, DatasetModel, ListingModel, Role
 from lora_studio.gui.elided_label import ElidedLabel
 
 ICON = 116
@@ -102,9 +102,17 @@ class DatasetBrowser(QWidget):
     open_sample_requested = Signal()
     show_problems_requested = Signal()
 
-    def __init__(self, model: DatasetModel, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        model: DatasetModel,
+        parent: QWidget | None = None,
+        listing: ListingModel | None = None,
+    ) -> None:
         super().__init__(parent)
         self.model = model
+        # The first files of a folder being opened, shown until its dataset arrives.
+        self.listing = listing if listing is not None else ListingModel(None, self)
+        self._loading = False
 
         title = QLabel("<b>Dataset</b>")
         self.open_button = QPushButton("Open folder\u2026")
@@ -135,22 +143,16 @@ class DatasetBrowser(QWidget):
         self.proxy = BrowserFilter(model, self)
         self._build_filters()
 
-        self.view = QListView()
+        self.view = self._grid()
         self.view.setModel(self.proxy)
         self.view.setModelColumn(Column.IMAGE)
-        self.view.setViewMode(QListView.ViewMode.IconMode)
-        self.view.setIconSize(QSize(ICON, ICON))
-        self.view.setGridSize(QSize(ICON + 22, ICON + 34))
-        self.view.setResizeMode(QListView.ResizeMode.Adjust)
-        self.view.setMovement(QListView.Movement.Static)
-        self.view.setUniformItemSizes(True)
-        self.view.setWordWrap(False)
-        self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.view.setSpacing(2)
         self.badges = BadgeDelegate(self.view)
         self.view.setItemDelegate(self.badges)
+        self.listing_view = self._grid()
+        self.listing_view.setModel(self.listing)
+        self.listing_view.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.listing_view.setItemDelegate(BadgeDelegate(self.listing_view))
 
         extensions = " ".join(sorted(BASE_IMAGE_EXTENSIONS))
         hint = QLabel(
@@ -175,6 +177,7 @@ class DatasetBrowser(QWidget):
         self.stack = QStackedWidget()
         self.stack.addWidget(self.empty)
         self.stack.addWidget(self.view)
+        self.stack.addWidget(self.listing_view)
 
         self.problems_label = QLabel()
         self.problems_label.setWordWrap(True)
@@ -204,6 +207,21 @@ class DatasetBrowser(QWidget):
         self.proxy.rowsRemoved.connect(self._update_shown)
         self.proxy.modelReset.connect(self._update_shown)
         self.update_counts()
+
+    @staticmethod
+    def _grid() -> QListView:
+        view = QListView()
+        view.setViewMode(QListView.ViewMode.IconMode)
+        view.setIconSize(QSize(ICON, ICON))
+        view.setGridSize(QSize(ICON + 22, ICON + 34))
+        view.setResizeMode(QListView.ResizeMode.Adjust)
+        view.setMovement(QListView.Movement.Static)
+        view.setUniformItemSizes(True)
+        view.setWordWrap(False)
+        view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        view.setSpacing(2)
+        return view
 
     # ---- filters ------------------------------------------------------------------------------
 
@@ -357,11 +375,37 @@ class DatasetBrowser(QWidget):
         self.progress.setRange(0, 0)
         self.progress.setToolTip("Reading the folder\u2019s file list and captions")
         self.progress.show()
+        self._loading = True
+
+    def show_listing(self, paths: list[Path]) -> None:
+        """Show the first image files of the folder being opened (names and thumbnails)
+        until its dataset arrives; only while the grid would show them first anyway (no
+        filter, the dataset's own order)."""
+        if not self._loading or not paths or not self.proxy.shows_dataset_order:
+            return
+        self.listing.set_paths(paths)
+        self.stack.setCurrentWidget(self.listing_view)
 
     def loading_ended(self) -> None:
-        """The folder opened (or failed): no busy bar."""
+        """The folder opened (or failed): no busy bar, no listing."""
+        self._loading = False
         if self.model.validation_progress is None:
             self.progress.hide()
+        if self.stack.currentWidget() is self.listing_view:
+            self.stack.setCurrentWidget(self.view if self.model.dataset is not None else self.empty)
+        self.listing.set_paths([])
+        self._show_folder()
+
+    def _show_folder(self) -> None:
+        dataset = self.model.dataset
+        if not self._loading:  # (while a folder opens, it says "Opening ...")
+            self.folder_label.setText(str(dataset.root) if dataset is not None else "")
+            self.folder_label.setToolTip(str(dataset.root) if dataset is not None else "")
+
+    def _show_page(self, page: QWidget) -> None:
+        # The listing of a folder being opened stays until loading_ended().
+        if not (self._loading and self.stack.currentWidget() is self.listing_view):
+            self.stack.setCurrentWidget(page)
 
     def update_counts(self) -> None:
         dataset = self.model.dataset
@@ -369,7 +413,7 @@ class DatasetBrowser(QWidget):
             self.counts_label.setText("No dataset open")
             if not self.progress.isVisible():
                 self.folder_label.setText("")
-            self.stack.setCurrentWidget(self.empty)
+            self._show_page(self.empty)
             self.problems_label.hide()
             self.checking_label.hide()
             self.filters.hide()
@@ -394,9 +438,8 @@ class DatasetBrowser(QWidget):
             "Problems: images with an error (red badge: it cannot be trained on) or a "
             "warning (amber badge). Hover a thumbnail for what is wrong."
         )
-        self.folder_label.setText(str(dataset.root))
-        self.folder_label.setToolTip(str(dataset.root))
-        self.stack.setCurrentWidget(self.view)
+        self._show_folder()
+        self._show_page(self.view)
         if problems:
             lines = [f"\u26a0 {html.escape(line)}" for line in problems[:SHOWN_PROBLEMS]]
             if len(problems) > SHOWN_PROBLEMS:

@@ -72,7 +72,7 @@ from lora_studio.gui.caption_grid import CaptionGrid
 from lora_studio.gui.caption_watch import CaptionWatcher
 from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController, sample_copy_dir
 from lora_studio.gui.dataset_browser import DatasetBrowser
-from lora_studio.gui.dataset_model import Column, DatasetModel
+from lora_studio.gui.dataset_model import Column, DatasetModel, ListingModel
 from lora_studio.gui.estimate_panel import GpuInfo
 from lora_studio.gui.frames_dialog import FramesDialog, is_frame_source
 from lora_studio.gui.job_monitor import JobMonitor, MonitorState
@@ -230,7 +230,9 @@ class MainWindow(QMainWindow):
 
         self.thumbnails = thumbnails or ThumbnailLoader(parent=self)
         self.dataset_model = DatasetModel(self.thumbnails, self)
-        self.browser = DatasetBrowser(self.dataset_model)
+        self.browser = DatasetBrowser(
+            self.dataset_model, listing=ListingModel(self.thumbnails, self)
+        )
         self.caption_grid = CaptionGrid(self.dataset_model)
         self.preset_form = PresetForm(controller.config)
         self.preset_form.set_base_model(controller.base_model)
@@ -366,7 +368,12 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         c = self.controller
         c.dataset_loading.connect(self.browser.set_loading)
-        c.dataset_preview.connect(self.thumbnails.prefetch)
+        c.dataset_preview.connect(self._on_dataset_preview)
+        c.waits_for_previews = True
+        # The index waits for the listing's visible thumbnails (or all prefetched
+        # ones, when the browser shows no listing).
+        self.browser.listing.page_shown.connect(self._on_first_page_shown)
+        self.thumbnails.prefetch_finished.connect(self._on_first_page_shown)
         c.dataset_loaded.connect(self._on_dataset_loaded)
         c.dataset_failed.connect(self._on_dataset_failed)
         c.file_sizes_read.connect(self.browser.proxy.set_file_sizes)
@@ -734,8 +741,19 @@ class MainWindow(QMainWindow):
 
     # ---- controller signals --------------------------------------------------------------------
 
+    def _on_dataset_preview(self, paths: list[Path]) -> None:
+        self.thumbnails.prefetch(paths)
+        self.browser.show_listing(paths)
+
+    def _on_first_page_shown(self) -> None:
+        self.thumbnails.end_prefetch()
+        self.controller.preview_shown()
+
     def _on_dataset_loaded(self, dataset: Dataset) -> None:
         self.dataset_model.set_dataset(dataset)
+        shown = self.browser.listing.icons()
+        self.dataset_model.adopt_icons(shown)
+        self.thumbnails.discard_prefetched(shown)
         self.browser.loading_ended()
         self.preset_form.set_image_count(len(dataset))
         self._update_status_dataset()

@@ -53,6 +53,8 @@ THUMBNAIL_SIZE = 128
 _CACHE_REVISION = 2
 #: Requests waiting to start that are kept; older ones are given up (see the docstring).
 MAX_WAITING = 512
+#: Threads that make a prefetched page (see ThumbnailLoader.prefetch), cores allowing.
+PREFETCH_THREADS = 2
 
 
 class ThumbnailError(Exception):
@@ -207,6 +209,13 @@ class _Queue:
         with self.lock:
             return path in self.waiting or path in self.running
 
+    def drop(self, paths: Iterable[Path]) -> set[Path]:
+        """Give up the waiting requests of ``paths``; the ones that went."""
+        with self.lock:
+            dropped = {path for path in paths if self.waiting.pop(path, None) is not None}
+            self.given_up += len(dropped)
+            return dropped
+
     def clear(self) -> None:
         with self.lock:
             self.waiting.clear()
@@ -265,10 +274,12 @@ class ThumbnailLoader(QObject):
     Signals:
         thumbnail_ready(path, QImage): a thumbnail, on the GUI thread.
         thumbnail_failed(path, reason): the image cannot be read; ``reason`` is for the user.
+        prefetch_finished(): every thumbnail of the last :meth:`prefetch` is made (or failed).
     """
 
     thumbnail_ready = Signal(object, QImage)
     thumbnail_failed = Signal(object, str)
+    prefetch_finished = Signal()
 
     def __init__(
         self,
@@ -285,7 +296,8 @@ class ThumbnailLoader(QObject):
         self.background = background
         self.cache_dir = (cache_dir or thumbnails_cache_dir()) if use_cache else None
         self._pool = QThreadPool(self)
-        self._pool.setMaxThreadCount(max_threads or max(1, min(4, (os.cpu_count() or 2) - 1)))
+        self._threads = max_threads or max(1, min(4, (os.cpu_count() or 2) - 1))
+        self._pool.setMaxThreadCount(self._threads)
         self._relay = _Relay(self)
         self._relay.done.connect(self._on_done)
         self._relay.failed.connect(self._on_failed)
@@ -327,11 +339,28 @@ class ThumbnailLoader(QObject):
         wanted = list(dict.fromkeys(paths))
         self._prefetched.clear()
         self._prefetching = set(wanted)
+        # Nothing else runs while a folder's first page is made: every core takes part
+        # (until end_prefetch()).
+        self._pool.setMaxThreadCount(max(self._threads, min(PREFETCH_THREADS, os.cpu_count() or 1)))
         # In the order given (the grid's), all before requests made until now.
         top = self._priority + len(wanted)
         for offset, path in enumerate(wanted):
             self._submit(path, priority=(top - offset) % 2_000_000_000)
         self._priority = top % 2_000_000_000
+
+    def end_prefetch(self) -> None:
+        """The page the prefetch was for is shown: its requests not started yet are
+        given up (a row is asked for again when it is painted), and the pool goes back to
+        its own number of threads."""
+        self._prefetching -= self._queue.drop(self._prefetching)
+        self._pool.setMaxThreadCount(self._threads)
+
+    def discard_prefetched(self, paths: Iterable[Path]) -> None:
+        """Forget the prefetched thumbnails of ``paths``: they were taken from
+        :attr:`thumbnail_ready` as they arrived (the window's listing of the folder)."""
+        for path in paths:
+            self._prefetched.pop(path, None)
+            self._prefetching.discard(path)
 
     def _submit(self, path: Path, priority: int | None = None) -> None:
         token = self._queue.add(path)
@@ -368,6 +397,7 @@ class ThumbnailLoader(QObject):
         self._pool.clear()
         self._queue.clear()
         self._priorities.clear()
+        self._pool.setMaxThreadCount(self._threads)
         for path, priority in kept:  # in the order they had
             self._submit(path, priority)
 
@@ -382,12 +412,19 @@ class ThumbnailLoader(QObject):
     def _on_done(self, path: Path, image: QImage) -> None:
         self._queue.finished(path)
         self._priorities.pop(path, None)
-        if path in self._prefetching:
+        prefetched = path in self._prefetching
+        if prefetched:
             self._prefetching.discard(path)
             self._prefetched[path] = image
         self.thumbnail_ready.emit(path, image)
+        if prefetched and not self._prefetching:
+            self.prefetch_finished.emit()
 
     def _on_failed(self, path: Path, reason: str) -> None:
         self._queue.finished(path)
         self._priorities.pop(path, None)
+        prefetched = path in self._prefetching
+        self._prefetching.discard(path)
         self.thumbnail_failed.emit(path, reason)
+        if prefetched and not self._prefetching:
+            self.prefetch_finished.emit()

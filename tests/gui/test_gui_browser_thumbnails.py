@@ -70,6 +70,8 @@ def test_prefetched_thumbnails_are_handed_over_without_a_second_decode(
         return original(path, size, *args)
 
     monkeypatch.setattr(module, "_decode", counted)
+    # One thread, so the order the decodes start in is the order they are recorded in.
+    monkeypatch.setattr(module, "PREFETCH_THREADS", 1)
     loader = ThumbnailLoader(cache_dir=None, max_threads=1)
     ready: list[tuple[Path, tuple[int, int]]] = []
     loader.thumbnail_ready.connect(
