@@ -52,6 +52,8 @@ ICON = 116
 SHOWN_PROBLEMS = 3
 _SHOW_ALL_LINK = "show-problems"
 _CLEAR_LINK = "clear-filters"
+#: The count line while the first files of a folder are shown and it is still read.
+READING = "Reading the folder\u2026"
 #: The search runs this long after the last key press (10,000 rows take ~0.1 s to filter).
 SEARCH_DELAY_MS = 200
 
@@ -385,6 +387,8 @@ class DatasetBrowser(QWidget):
             return
         self.listing.set_paths(paths)
         self.stack.setCurrentWidget(self.listing_view)
+        if self.model.dataset is None:
+            self.counts_label.setText(READING)
 
     def loading_ended(self) -> None:
         """The folder opened (or failed): no busy bar, no listing."""
@@ -410,7 +414,8 @@ class DatasetBrowser(QWidget):
     def update_counts(self) -> None:
         dataset = self.model.dataset
         if dataset is None:
-            self.counts_label.setText("No dataset open")
+            listing = self._loading and self.stack.currentWidget() is self.listing_view
+            self.counts_label.setText(READING if listing else "No dataset open")
             if not self.progress.isVisible():
                 self.folder_label.setText("")
             self._show_page(self.empty)

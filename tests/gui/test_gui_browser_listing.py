@@ -50,6 +50,7 @@ def test_the_first_page_is_shown_before_the_dataset_and_handed_over(
         seen["listed"] = [browser.listing.index(r).data() for r in range(3)]
         seen["page"] = browser.stack.currentWidget()
         seen["dataset"] = model.dataset
+        seen["counts"] = browser.counts_label.text()
 
     window.controller.dataset_preview.connect(on_preview)
 
@@ -64,6 +65,7 @@ def test_the_first_page_is_shown_before_the_dataset_and_handed_over(
     assert seen["listed"] == ["0000.png", "0001.png", "0002.png"]
     assert seen["page"] is browser.listing_view
     assert seen["dataset"] is None
+    assert seen["counts"] == "Reading the folder\u2026"
     # The window said when its visible page was in, and only then was the folder indexed:
     # each of those thumbnails is in the grid at once, without a second decode.
     assert browser.stack.currentWidget() is browser.view
