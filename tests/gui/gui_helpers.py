@@ -7,12 +7,15 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import shiboken6
+from PIL import Image
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
 from lora_studio.core.config import LoraConfig
+from lora_studio.gui import thumbnail_loader
 from lora_studio.gui.async_signals import wait_until
 from lora_studio.gui.main_window import MainWindow
 
@@ -113,3 +116,26 @@ def close_window(loop: asyncio.AbstractEventLoop, window: MainWindow) -> None:
     assert controller.shutdown(timeout=60), "a training thread was still running"
     window.thumbnails.shutdown()
     window.deleteLater()
+
+
+def spy_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record each thumbnail decode, in the order they start (the real decoder runs)."""
+    decoded: list[Path] = []
+    original = thumbnail_loader._decode
+
+    def counted(path: Path, size: int, *args: object) -> Image.Image:
+        decoded.append(path)
+        return original(path, size, *args)
+
+    monkeypatch.setattr(thumbnail_loader, "_decode", counted)
+    return decoded
+
+
+def small_pngs(folder: Path, count: int, size: tuple[int, int] = (64, 48)) -> list[Path]:
+    """``img0.png`` ... in ``folder``, each its own colour."""
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i}.png"
+        Image.new("RGB", size, (i * 40 % 256, 90, 120)).save(path)
+        paths.append(path)
+    return paths

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from gui_helpers import open_and_wait, run
+from gui_helpers import open_and_wait, run, small_pngs, spy_decodes
 from image_factory import tile_folder
 from PIL import Image
 
@@ -24,24 +24,11 @@ from lora_studio.gui.thumbnail_loader import ThumbnailLoader
 pytestmark = pytest.mark.usefixtures("built_tiny_model")
 
 
-def _spy_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Record each decode (the real decoder runs)."""
-    decoded: list[Path] = []
-    original = loader_module._decode
-
-    def counted(path: Path, size: int, *args: object) -> Image.Image:
-        decoded.append(path)
-        return original(path, size, *args)
-
-    monkeypatch.setattr(loader_module, "_decode", counted)
-    return decoded
-
-
 def test_the_first_page_is_shown_before_the_dataset_and_handed_over(
     make_window, qloop, tmp_path: Path, monkeypatch
 ):
     folder = tile_folder(tmp_path / "big", 150, captions=True)
-    decoded = _spy_decodes(monkeypatch)
+    decoded = spy_decodes(monkeypatch)
     window = make_window()
     browser, model = window.browser, window.dataset_model
     seen: dict[str, object] = {}
@@ -138,11 +125,7 @@ def test_the_index_waits_a_moment_at_most(qloop, tmp_path: Path, monkeypatch):
 
 
 def test_end_prefetch_gives_up_the_rest_of_the_page(qapp, qloop, tmp_path: Path, monkeypatch):
-    paths = []
-    for i in range(6):
-        path = tmp_path / f"img{i}.png"
-        Image.new("RGB", (64, 48), (i * 40, 90, 120)).save(path)
-        paths.append(path)
+    paths = small_pngs(tmp_path, 6)
     entered, release = threading.Event(), threading.Event()
     decoded: list[Path] = []
     original = loader_module._decode

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from gui_helpers import run
+from gui_helpers import run, small_pngs, spy_decodes
 from PIL import Image
 
 import lora_studio.gui.thumbnail_loader as module
@@ -15,11 +15,7 @@ from lora_studio.gui.thumbnail_loader import ThumbnailLoader
 
 
 def test_old_waiting_requests_are_given_up(qapp, qloop, tmp_path: Path, monkeypatch):
-    paths = []
-    for i in range(6):
-        path = tmp_path / f"img{i}.png"
-        Image.new("RGB", (64, 48), (i * 40, 90, 120)).save(path)
-        paths.append(path)
+    paths = small_pngs(tmp_path, 6)
     entered, release = threading.Event(), threading.Event()
     original = module._decode
 
@@ -57,19 +53,8 @@ def test_prefetched_thumbnails_are_handed_over_without_a_second_decode(
 ):
     """While a folder is indexed the window prefetches its first page: asked for later,
     those thumbnails come from memory (the file is not read again)."""
-    paths = []
-    for i in range(4):
-        path = tmp_path / f"img{i}.png"
-        Image.new("RGB", (64, 48), (i * 60, 90, 120)).save(path)
-        paths.append(path)
-    decoded: list[Path] = []
-    original = module._decode
-
-    def counted(path: Path, size: int, *args: object) -> Image.Image:
-        decoded.append(path)
-        return original(path, size, *args)
-
-    monkeypatch.setattr(module, "_decode", counted)
+    paths = small_pngs(tmp_path, 4)
+    decoded = spy_decodes(monkeypatch)
     # One thread, so the order the decodes start in is the order they are recorded in.
     monkeypatch.setattr(module, "PREFETCH_THREADS", 1)
     loader = ThumbnailLoader(cache_dir=None, max_threads=1)
@@ -95,14 +80,13 @@ def test_prefetched_thumbnails_are_handed_over_without_a_second_decode(
         loader.shutdown()
 
 
-def test_a_new_datasets_waiting_requests_survive_the_switch(qapp, qloop, tmp_path: Path):
+def test_a_new_datasets_waiting_requests_survive_the_switch(
+    qapp, qloop, tmp_path: Path, monkeypatch
+):
     """Opening a folder drops the last one's waiting requests, not the prefetched page of
     the one being opened, which is still made first row first."""
-    paths = []
-    for i in range(4):
-        path = tmp_path / f"img{i}.png"
-        Image.new("RGB", (32, 32), (i * 60, 90, 120)).save(path)
-        paths.append(path)
+    monkeypatch.setattr(module, "PREFETCH_THREADS", 1)  # the one worker stays busy
+    paths = small_pngs(tmp_path, 4, (32, 32))
     loader = ThumbnailLoader(cache_dir=None, max_threads=1)
     made: list[Path] = []
     loader.thumbnail_ready.connect(lambda path, _image: made.append(path))
