@@ -898,8 +898,10 @@ class ListingModel(QAbstractListModel):
         path = self._paths[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
             return path.name
-        if role in (Qt.ItemDataRole.ToolTipRole, Role.PATH):
-            return str(path) if role == Qt.ItemDataRole.ToolTipRole else path
+        if role == Role.PATH:
+            return path
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return str(path)
         if role == Qt.ItemDataRole.DecorationRole:
             icon = self._icons.get(path)
             if icon is not None:
