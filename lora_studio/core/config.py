@@ -560,8 +560,10 @@ class LoraConfig:
     torch_compile: bool = field(
         default=False,
         metadata=_meta(
-            "Compile the model with torch.compile: 10-30% faster steps after a slow first "
-            "one (minutes); same quality and VRAM. Worth it for long runs.",
+            "Compile the model's transformer blocks with torch.compile: faster steps after a "
+            "slower first one (SDXL at 1024 px on an H200: 0.35 s per step instead of about "
+            "0.5, the first step ~25 s longer); same quality and VRAM. Worth it for long runs "
+            "on a GPU.",
             label="torch.compile",
             group="performance",
         ),

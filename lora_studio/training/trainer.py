@@ -659,9 +659,34 @@ class Trainer:
             run.text_encoders[i] = prepared[slot]
         run.optimizer = prepared[-1]
         if config.torch_compile:
-            # LORA_STUDIO_COMPILE_BACKEND picks another torch.compile backend (e.g. "eager"
-            # or "aot_eager" to debug a graph break without inductor's code generation).
-            backend = os.environ.get("LORA_STUDIO_COMPILE_BACKEND", "inductor")
+            self._compile(run)
+
+    def _compile(self, run: _Run) -> None:
+        """torch.compile the denoiser's repeated blocks in place (regional compilation).
+
+        One graph per block shape instead of one for the whole denoiser: on the GPU
+        benchmark (docs/benchmarks.md, item 6) SDXL's first step took ~25 s longer rather
+        than minutes, and the steps after it were as fast as with the whole model compiled.
+        """
+        import torch
+
+        # LORA_STUDIO_COMPILE_BACKEND picks another torch.compile backend (e.g. "eager" or
+        # "aot_eager" to debug a graph break without inductor's code generation).
+        backend = os.environ.get("LORA_STUDIO_COMPILE_BACKEND", "inductor")
+        names = set(run.family.repeated_blocks)
+        blocks = [
+            module
+            for module in run.accelerator.unwrap_model(run.denoiser).modules()
+            if type(module).__name__ in names
+        ]
+        if blocks:
+            self._log(
+                f"Compiling the denoiser's {len(blocks)} transformer blocks with torch.compile "
+                f"({backend}; the first step is slower)"
+            )
+            for block in blocks:
+                block.compile(backend=backend)
+        else:
             self._log(
                 f"Compiling the denoiser with torch.compile ({backend}; the first step is slow)"
             )
@@ -917,19 +942,20 @@ class Trainer:
         self._publish(message=f"Drawing {len(prompts)} sample image(s)")
         folder = self.request.output_dir / f"{self.config.name}-samples"
         try:
-            paths = draw_samples(
-                run.family,
-                run.comps,
-                run.accelerator.unwrap_model(run.denoiser),
-                run.text_encoders,
-                prompts,
-                folder=folder,
-                step=run.step,
-                size=self.config.resolution,
-                inference_steps=self.config.sample_inference_steps,
-                seed=self.config.seed,
-                device=run.device,
-            )
+            with _eager_blocks():
+                paths = draw_samples(
+                    run.family,
+                    run.comps,
+                    run.accelerator.unwrap_model(run.denoiser),
+                    run.text_encoders,
+                    prompts,
+                    folder=folder,
+                    step=run.step,
+                    size=self.config.resolution,
+                    inference_steps=self.config.sample_inference_steps,
+                    seed=self.config.seed,
+                    device=run.device,
+                )
         except (OSError, RuntimeError, ValueError) as exc:  # a sample must not end the run
             self._log(f"Could not draw samples at step {run.step}: {exc}", logging.WARNING)
             return
@@ -1091,6 +1117,15 @@ def _shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
     per_process = -(-len(batches) // world)
     padded = batches + batches[: per_process * world - len(batches)]
     return padded[rank::world]
+
+
+def _eager_blocks() -> Any:
+    """Run compiled blocks eagerly: sampling (no grad, a doubled batch for guidance) would
+    otherwise compile them a second time, for a few images."""
+    import torch
+
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return set_stance("force_eager") if set_stance else contextlib.nullcontext()
 
 
 def _no_grad() -> Any:

@@ -119,6 +119,7 @@ class FluxFamily:
     # is never trained.
     text_encoder_prefixes: tuple[str | None, ...] = ("lora_te1_", None)
     has_conv_layers = False
+    repeated_blocks = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 
     # ---- loading ---------------------------------------------------------------------
 

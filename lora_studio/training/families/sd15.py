@@ -62,6 +62,7 @@ class SD15Family:
     # kohya's SD 1.x files name text-encoder modules lora_te_ (SDXL: lora_te1_/lora_te2_).
     text_encoder_prefixes: tuple[str | None, ...] = ("lora_te_",)
     has_conv_layers = True
+    repeated_blocks = ("BasicTransformerBlock",)
 
     def load(
         self, ref: BaseModelRef, local_path: Path, dtype: torch.dtype | None = None

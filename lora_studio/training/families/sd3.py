@@ -66,6 +66,7 @@ class SD3Family:
     # diffusers names for them (text_encoder_kohya_keys), which all readers share.
     text_encoder_prefixes: tuple[str | None, ...] = ("lora_te1_", "lora_te2_", None)
     has_conv_layers = False
+    repeated_blocks = ("JointTransformerBlock",)
 
     # ---- loading ---------------------------------------------------------------------
 

@@ -251,6 +251,7 @@ class SDXLFamily:
     text_encoder_target_modules = CLIP_ATTENTION
     text_encoder_prefixes: tuple[str | None, ...] = ("lora_te1_", "lora_te2_")
     has_conv_layers = True
+    repeated_blocks = ("BasicTransformerBlock",)
 
     def __init__(self) -> None:
         # Set from the loaded UNet's config; SDXL's own until then (kohya_keys needs it).
