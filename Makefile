@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 TEST_ENV := QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 	TOKENIZERS_PARALLELISM=false
 
-.PHONY: run test bench lint screenshot screenshots install clean package package-smoke
+.PHONY: run test bench bench-gpu lint screenshot screenshots install clean package package-smoke
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_caption.py --images 100
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_train.py --steps 30 --rounds 2 --threads 1
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_estimates.py --steps 16
+
+# Item 6 of docs/benchmarks.md, on a CUDA GPU: an SDXL-size LoRA run (builds SDXL's
+# architecture with random weights, ~7 GB on disk under a temporary folder).
+bench-gpu: $(STAMP)
+	$(TEST_ENV) $(BIN)/python benchmarks/bench_gpu.py --steps 40 --compile
 
 lint: $(STAMP)
 	$(BIN)/ruff check lora_studio tests scripts
