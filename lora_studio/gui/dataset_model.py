@@ -32,7 +32,7 @@ import enum
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PySide6.QtCore import (
     QAbstractListModel,
@@ -85,6 +85,26 @@ class Role(enum.IntEnum):
     ISSUES = _USER + 9  #: list[Issue]: every finding about the item, worst first
     PROPOSAL = _USER + 10  #: ProposalView | None: an automatic caption waiting for review
     PROVENANCE = _USER + 11  #: Provenance | None: who made the (accepted) caption
+    #: Cell | None: what a thumbnail cell draws, in one call (see :class:`Cell`)
+    CELL = _USER + 12
+
+
+class Cell(NamedTuple):
+    """What the browser's delegate draws for an image (column 0), asked for in one
+    ``data()`` call rather than one per role: each call from the view goes through the
+    filter proxy into Python and back, giving up and taking back the GIL."""
+
+    text: str  #: the file name
+    icon: QIcon  #: the thumbnail (or the loading / broken-image placeholder)
+    foreground: QBrush | None  #: the name's colour when something is wrong
+    severity: str | None  #: the badge: ``"error"`` / ``"warning"``, None: none
+
+
+def _problem_brush(worst: Issue | None) -> QBrush | None:
+    """The colour of an image's name: red for an error, amber for anything else."""
+    if worst is None:
+        return None
+    return QBrush(artwork.ERROR if worst.severity is Severity.ERROR else artwork.WARNING)
 
 
 class CaptionState(enum.Enum):
@@ -552,6 +572,8 @@ class DatasetModel(QAbstractTableModel):
             return item
         if role == Role.PATH:
             return item.path
+        if role == Role.CELL:
+            return self._cell(item) if column == Column.IMAGE else None
         if role == Role.HAS_CAPTION:
             return bool(self._caption_text(item).strip())
         if role == Role.CAPTION_STATE:
@@ -671,11 +693,13 @@ class DatasetModel(QAbstractTableModel):
                 lines.append(f"{mark} {issue.message}")
             return "\n".join(lines)
         if role == Qt.ItemDataRole.ForegroundRole:
-            worst = self._worst(item)
-            if worst is not None:
-                error = worst.severity is Severity.ERROR
-                return QBrush(artwork.ERROR if error else artwork.WARNING)
+            return _problem_brush(self._worst(item))
         return None
+
+    def _cell(self, item: ImageItem) -> Cell:
+        worst = self._worst(item)
+        severity = str(worst.severity) if worst is not None else None
+        return Cell(item.name, self._icon(item.path), _problem_brush(worst), severity)
 
     def _bucket_text(self, item: ImageItem) -> str | None:
         placement = self._placements.get(item.path)
@@ -903,16 +927,21 @@ class ListingModel(QAbstractListModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             return str(path)
         if role == Qt.ItemDataRole.DecorationRole:
-            icon = self._icons.get(path)
-            if icon is not None:
-                return icon
-            if path in self._broken:
-                return artwork.broken_image_icon(THUMBNAIL_SIZE)
-            if self._thumbnails is not None:
-                self._waiting.add(path)
-                self._thumbnails.request(path)
-            return artwork.loading_icon(THUMBNAIL_SIZE)
+            return self._icon(path)
+        if role == Role.CELL:
+            return Cell(path.name, self._icon(path), None, None)
         return None
+
+    def _icon(self, path: Path) -> QIcon:
+        icon = self._icons.get(path)
+        if icon is not None:
+            return icon
+        if path in self._broken:
+            return artwork.broken_image_icon(THUMBNAIL_SIZE)
+        if self._thumbnails is not None:
+            self._waiting.add(path)
+            self._thumbnails.request(path)
+        return artwork.loading_icon(THUMBNAIL_SIZE)
 
     def _on_thumbnail_ready(self, path: Path, image: QImage) -> None:
         row = self._rows.get(path)
