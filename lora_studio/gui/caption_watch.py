@@ -16,11 +16,11 @@ the controller checks the file again right before writing.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer
 
+from lora_studio.core.background import existing, map_paths
 from lora_studio.core.dataset import Dataset
 from lora_studio.gui.controller import StudioController
 
@@ -115,5 +115,7 @@ def _paths_to_watch(dataset: Dataset) -> tuple[list[str], list[str], list[str]]:
     captions = [str(item.caption_path) for item in dataset.images if item.metadata is None][
         :MAX_FILES
     ]
-    files += [path for path in captions if os.path.exists(path)]
+    # A big folder's 10,000 exists() calls go to the helper process (see map_paths).
+    found = map_paths(existing, captions)
+    files += [path for path in captions if found.get(path)]
     return folders, files, captions

@@ -51,9 +51,9 @@ from lora_studio.backends.base import BackendConfig, TrainingBackend
 from lora_studio.backends.factory import backend_for_spec
 from lora_studio.backends.launch import LaunchBackend, cuda_device_count, cuda_gpu_memory
 from lora_studio.backends.local import LocalBackend
-from lora_studio.core import paths, secrets
+from lora_studio.core import background, paths, secrets
 from lora_studio.core.atomic import ensure_writable_dir
-from lora_studio.core.background import wants_process
+from lora_studio.core.background import file_sizes, map_paths, wants_process
 from lora_studio.core.base_model import (
     DEFAULT_BASE_MODEL,
     BaseModelRef,
@@ -202,6 +202,9 @@ def describe_base_model(ref: BaseModelRef) -> str:
 PREVIEW_IMAGES = 96
 #: How long an open waits for the window to show its first page (see dataset_preview).
 PREVIEW_WAIT_S = 0.2
+#: After a big folder opens, the helper process waits this long before its first image
+#: (its decodes beside the window's first paints and scrolling made stalls of ~60 ms).
+OPEN_HOLD_S = 1.0
 
 
 def _open_and_count(folder: Path) -> tuple[Dataset, int]:
@@ -213,12 +216,15 @@ def _open_and_count(folder: Path) -> tuple[Dataset, int]:
 
 
 def _file_sizes(dataset: Dataset) -> dict[Path, int]:
-    """Each image's file size in bytes (for the browser's sort)."""
-    sizes: dict[Path, int] = {}
-    for item in dataset.images:
-        with contextlib.suppress(OSError):  # deleted since indexing: no size
-            sizes[item.path] = item.path.stat().st_size
-    return sizes
+    """Each image's file size in bytes (for the browser's sort); none for a file deleted
+    since indexing. A big folder's are read in the helper process (see map_paths)."""
+    paths = [str(item.path) for item in dataset.images]
+    sizes = map_paths(file_sizes, paths)
+    return {
+        item.path: size
+        for item, path in zip(dataset.images, paths, strict=True)
+        if (size := sizes.get(path, -1)) >= 0
+    }
 
 
 def validation_min_side(config: LoraConfig) -> int:
@@ -580,6 +586,10 @@ class StudioController(QObject):
         self.placements = {}
         self.validation = None
         self.dataset_loaded.emit(dataset)
+        if wants_process(len(dataset)):
+            # The window paints the new dataset and the user starts scrolling: the
+            # helper's check and bucket preview start a moment later.
+            background.hold(OPEN_HOLD_S)
         settle("loading a dataset")
         self._spawn(self._read_file_sizes(dataset), "read the file sizes")
         self._say(
@@ -630,6 +640,7 @@ class StudioController(QObject):
         waiting behind them, scrolling a 10,000-image grid stalled up to ~0.3 s.
         """
         self._background_hold_until = max(self._background_hold_until, time.monotonic() + seconds)
+        background.hold(seconds)  # and the helper process, a big folder's check
 
     def _held_or_stopped(self, stop: threading.Event) -> bool:
         # On the check's thread, between images (validate_dataset's should_stop).

@@ -96,6 +96,8 @@ def test_the_helper_runs_at_a_lower_priority(helper) -> None:
         pytest.skip("no nice() here")
     theirs = helper.submit(os.nice, 0).result(timeout=60)
     assert theirs >= os.nice(0) + background.NICENESS or theirs == 19
+    if hasattr(os, "SCHED_IDLE"):  # Linux: only a core nothing else wants
+        assert helper.submit(os.sched_getscheduler, 0).result(timeout=60) == os.SCHED_IDLE
 
 
 def test_bucket_preview_of_a_big_folder_reads_in_the_helper(tmp_path, helper, monkeypatch) -> None:
@@ -174,3 +176,58 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True
     return state != "Z"
+
+
+def test_a_hold_makes_the_helper_wait_before_its_next_image(tmp_path, helper, monkeypatch) -> None:
+    """While the user scrolls, the window holds the helper: its next image waits."""
+    images = []
+    for i in range(3):
+        path = tmp_path / f"p{i}.png"
+        picture(64, 48, seed=i).save(path)
+        images.append(path)
+    options = {"min_side": 16}
+    free = helper.submit(background.check_images, images, options).result(timeout=60)  # warm
+    monkeypatch.setattr(background, "_held_until", 0.0)
+    background.hold(1.5)
+    started = time.monotonic()
+    held = helper.submit(background.check_images, images, options).result(timeout=60)
+    assert time.monotonic() - started >= 1.4
+    assert held == free  # the same work, done once the hold was over
+    # Work run in the window's process (small folders, a dead helper) is not held here.
+    background.hold(1.5)
+    started = time.monotonic()
+    assert background.check_images(images, options) == free
+    assert time.monotonic() - started < 1.4
+
+
+def test_file_sizes_and_existence_of_a_big_folder_come_from_the_helper(
+    tmp_path, helper, monkeypatch
+) -> None:
+    monkeypatch.setattr(background, "PROCESS_THRESHOLD", 10)
+    monkeypatch.setattr(background, "PATH_CHUNK", 4)
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"f{i}.bin"
+        path.write_bytes(b"x" * i)
+        paths.append(str(path))
+    gone = str(tmp_path / "gone.bin")
+    ran_in: list[int] = []
+    original = background.map_chunks
+
+    def spying(function, items, **kwargs):
+        ran_in.append(len(items))
+        return original(function, items, **kwargs)
+
+    monkeypatch.setattr(background, "map_chunks", spying)
+    sizes = background.map_paths(background.file_sizes, [*paths, gone])
+    assert sizes == {**{p: i for i, p in enumerate(paths)}, gone: -1}
+    assert background.map_paths(background.existing, [gone, *paths]) == {
+        gone: False,
+        **dict.fromkeys(paths, True),
+    }
+    assert ran_in == [13, 13]  # both went to the helper, in chunks
+    # A small list is done here, without the helper.
+    assert background.map_paths(background.file_sizes, paths[:3]) == {
+        p: i for i, p in enumerate(paths[:3])
+    }
+    assert ran_in == [13, 13]

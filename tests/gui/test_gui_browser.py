@@ -10,6 +10,7 @@ from gui_helpers import fast_config, open_and_wait, open_validated, run
 from image_factory import picture, tile_folder
 from PySide6.QtCore import QItemSelectionModel
 
+import lora_studio.gui.controller as controller_module
 from lora_studio.gui.async_signals import signal_future, wait_until
 from lora_studio.gui.browser_filters import NO_BUCKET, BrowserFilter
 from lora_studio.gui.bucket_preview import bucket_text
@@ -220,6 +221,26 @@ def test_scrolling_holds_the_image_check(make_window, qloop, papercut):
     before = window.controller._background_hold_until
     window.browser.view.verticalScrollBar().valueChanged.emit(1)
     assert window.controller._background_hold_until > before
+
+
+def test_a_big_folder_holds_the_helper_process_as_it_opens_and_scrolls(
+    make_window, qloop, papercut, monkeypatch
+):
+    """A big folder's check runs in the helper process: it waits a moment after the
+    folder opens (the window paints it) and while the user scrolls."""
+    import time
+
+    from lora_studio.core import background
+
+    monkeypatch.setattr(background, "PROCESS_THRESHOLD", 5)  # papercut's 12 count as big
+    monkeypatch.setattr(background, "_held_until", 0.0)
+    window = make_window()
+    opened = time.monotonic()
+    open_and_wait(qloop, window, papercut)
+    assert background._held_until >= opened + 0.9 * controller_module.OPEN_HOLD_S
+    monkeypatch.setattr(background, "_held_until", 0.0)
+    window.browser.view.verticalScrollBar().valueChanged.emit(1)
+    assert background._held_until > time.monotonic()
 
 
 def test_the_first_page_is_prefetched_while_the_folder_is_indexed(make_window, qloop, tmp_path):
