@@ -236,6 +236,7 @@ def run_trainer(
         "s_per_step": round(clock.per_step(warmup), 4),
         "final_loss": round(result.final_loss, 5) if result.final_loss is not None else None,
         "output": result.output_path.name,
+        "compile": next((line for line in clock.log if "torch.compile" in line), None),
     }
     if cuda:
         row["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
@@ -431,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--compile", action="store_true", help="also train with torch.compile")
+    parser.add_argument(
+        "--compiled-only", action="store_true", help="only the trainer with torch.compile"
+    )
     parser.add_argument("--tiny", action="store_true", help="the tiny SDXL at 128 px (checks)")
     parser.add_argument("--json-out", type=Path, help="write the results here as they come")
     parser.add_argument("--work", type=Path, help="folder for the model and data (else temp)")
@@ -495,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
             {"matmul_bf16_tflops": round(measured, 1), "datasheet_tflops": datasheet_peak(name)},
         )
     warmup = 3 if args.steps > 6 else 1
+    if args.compiled_only:
+        compiled = run_trainer(
+            model, data, work / "out-compiled", config.replace(torch_compile=True), device, 3
+        )
+        record("trainer_compiled", compiled)
+        return 0
     trainer = run_trainer(model, data, work / "out-eager", config, device, warmup)
     record("trainer", trainer)
     bare = bare_step(
