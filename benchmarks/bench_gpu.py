@@ -89,33 +89,17 @@ def build_sdxl(folder: Path, device: str) -> dict[str, int]:
     Returns the parameter count of each component.
     """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from lora_studio.training.families.sdxl import (
         MAX_TOKENS,
-        SDXL_SCHEDULER_CONFIG,
         SDXL_VAE_SCALING,
+        sdxl_pipeline,
+        sdxl_tokenizers,
     )
-    from lora_studio.training.tiny import write_clip_tokenizer_files
 
-    with tempfile.TemporaryDirectory() as scratch:
-        tok_dir = Path(scratch) / "tokenizer"
-        write_clip_tokenizer_files(tok_dir)
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=MAX_TOKENS)
-        tokenizer_2 = CLIPTokenizer.from_pretrained(
-            tok_dir, model_max_length=MAX_TOKENS, pad_token="!"
-        )
+    tokenizer, tokenizer_2, _ = sdxl_tokenizers()
     bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
@@ -143,17 +127,7 @@ def build_sdxl(folder: Path, device: str) -> dict[str, int]:
         vae = AutoencoderKL(
             **VAE, sample_size=1024, scaling_factor=SDXL_VAE_SCALING, force_upcast=True
         )
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
-        force_zeros_for_empty_prompt=True,
-        add_watermarker=False,
-    )
+    pipe = sdxl_pipeline(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet)
     pipe.to(torch_dtype=torch.bfloat16)
     pipe.save_pretrained(folder, safe_serialization=True)
     counts = {

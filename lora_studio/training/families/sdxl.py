@@ -485,31 +485,14 @@ def make_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     widths so that mixing them up fails loudly.
     """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from lora_studio.training.tiny import save_tiny_pipeline, write_clip_tokenizer_files
+    from lora_studio.training.tiny import save_tiny_pipeline
 
-    with tempfile.TemporaryDirectory() as scratch:
-        tok_dir = Path(scratch) / "tokenizer"
-        vocab_size = write_clip_tokenizer_files(tok_dir)
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=MAX_TOKENS)
-        # SDXL's second (OpenCLIP) tokenizer pads with "!" rather than the end token.
-        tokenizer_2 = CLIPTokenizer.from_pretrained(
-            tok_dir, model_max_length=MAX_TOKENS, pad_token="!"
-        )
-        bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
-        eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    tokenizer, tokenizer_2, vocab_size = sdxl_tokenizers()
+    bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
     def clip_config(hidden: int, projection: int, act: str, pad: int) -> Any:
         return CLIPTextConfig(
@@ -566,16 +549,41 @@ def make_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
         scaling_factor=SDXL_VAE_SCALING,
         force_upcast=True,
     )
-    scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG)
-    pipe = StableDiffusionXLPipeline(
+    pipe = sdxl_pipeline(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet)
+    return save_tiny_pipeline(pipe, Path(folder), ModelFamily.SDXL, seed)
+
+
+def sdxl_tokenizers() -> tuple[Any, Any, int]:
+    """SDXL's two CLIP tokenizers over the built-in BPE vocabulary (see ``tiny.py``), and
+    its size. The second (OpenCLIP) pads with "!" rather than the end token, as SDXL's."""
+    from transformers import CLIPTokenizer
+
+    from lora_studio.training.tiny import write_clip_tokenizer_files
+
+    with tempfile.TemporaryDirectory() as scratch:
+        tok_dir = Path(scratch) / "tokenizer"
+        vocab_size = write_clip_tokenizer_files(tok_dir)
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=MAX_TOKENS)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(
+            tok_dir, model_max_length=MAX_TOKENS, pad_token="!"
+        )
+    return tokenizer, tokenizer_2, vocab_size
+
+
+def sdxl_pipeline(
+    vae: Any, text_encoder: Any, text_encoder_2: Any, tokenizer: Any, tokenizer_2: Any, unet: Any
+) -> Any:
+    """An SDXL pipeline of these parts, with SDXL base's scheduler and no watermarker."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-    return save_tiny_pipeline(pipe, Path(folder), ModelFamily.SDXL, seed)
