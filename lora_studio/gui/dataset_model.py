@@ -645,18 +645,21 @@ class DatasetModel(QAbstractTableModel):
     def _worst(self, item: ImageItem) -> Issue | None:
         """The worst error or warning of ``item`` (info entries are not problems)."""
         path = item.path
-        try:
-            return self._worst_cache[path]
-        except KeyError:
-            pass
+        cache = self._worst_cache
+        if cache:  # (a Path's hash is Python code: not asked of an empty dict)
+            try:
+                return cache[path]
+            except KeyError:
+                pass
         text = item.caption
+        reports, broken, pending = self._reports, self._broken, self._pending
         if (
             text
             and item.caption_encoding == "utf-8"
             and not item.caption_error
-            and path not in self._reports
-            and path not in self._broken
-            and path not in self._pending
+            and not (reports and path in reports)
+            and not (broken and path in broken)
+            and not (pending and path in pending)
             and text.strip()
         ):
             # Nothing known about the image and a caption as read: no problem (every
