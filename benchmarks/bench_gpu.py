@@ -423,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        # The full-size model on a CPU: minutes per step, and ~7 GB written first.
+        print("bench_gpu.py needs a CUDA GPU; --tiny runs the same code on this CPU.")
+        return 2
     device = "cuda" if cuda else "cpu"
     name = torch.cuda.get_device_name(0) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     results: dict[str, Any] = {"device": name, "torch": torch.__version__}
