@@ -235,6 +235,26 @@ def test_optimizers_train(small_dataset, tmp_path, optimizer):
     assert any(v.abs().sum() > 0 for v in ups), "the optimizer did not move the weights"
 
 
+def test_adamw_is_fused_where_torch_has_the_kernel_and_plain_where_not(monkeypatch):
+    from lora_studio.core.config import Optimizer
+    from lora_studio.training.trainer import make_optimizer
+
+    config = _config(optimizer=Optimizer.ADAMW)
+    weights = torch.nn.Parameter(torch.zeros(4, 4))
+    fused = make_optimizer(config, [{"params": [weights], "lr": 1e-3}], on_cuda=False)
+    assert isinstance(fused, torch.optim.AdamW) and fused.defaults["fused"]
+    real = torch.optim.AdamW
+
+    def no_fused_kernel(*args, **kwargs):
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused_kernel)
+    plain = make_optimizer(config, [{"params": [weights], "lr": 1e-3}], on_cuda=False)
+    assert isinstance(plain, real) and not plain.defaults["fused"]
+
+
 def test_adamw_8bit_on_a_cpu_says_what_to_choose(small_dataset, tmp_path):
     with pytest.raises(TrainingError, match="AdamW 8-bit needs an NVIDIA GPU"):
         Trainer(_request(small_dataset, tmp_path / "out", optimizer="adamw8bit")).train()
