@@ -56,7 +56,7 @@ _lock = threading.Lock()
 _executor: ProcessPoolExecutor | None = None
 #: Shared with the helper: until when (``time.monotonic()``, the same clock in every
 #: process) it starts no new image. The window sets it while the user scrolls (:func:`hold`).
-_hold_until: Any = None
+_shared_hold: Any = None
 #: The latest hold asked for, kept for a helper not started yet.
 _held_until = 0.0
 #: The same value, in the helper process (None in the window's: work run there is held by
@@ -95,17 +95,17 @@ def _exit_with(sentinel: int) -> None:
 
 def background_executor() -> ProcessPoolExecutor:
     """The app's helper process (started on first call, shut down at exit)."""
-    global _executor, _hold_until
+    global _executor, _shared_hold
     with _lock:
         if _executor is None:
             workers = max(1, min(4, (os.cpu_count() or 2) - 1))
             context = multiprocessing.get_context("spawn")
-            _hold_until = context.RawValue("d", _held_until)
+            _shared_hold = context.RawValue("d", _held_until)
             _executor = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=context,
                 initializer=_start_helper,
-                initargs=(_hold_until,),
+                initargs=(_shared_hold,),
             )
         return _executor
 
@@ -119,7 +119,7 @@ def hold(seconds: float) -> None:
     """
     global _held_until
     _held_until = max(_held_until, time.monotonic() + seconds)
-    shared = _hold_until
+    shared = _shared_hold
     if shared is not None:
         shared.value = _held_until
 

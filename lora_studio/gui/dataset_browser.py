@@ -85,8 +85,7 @@ class BadgeDelegate(QStyledItemDelegate):
         index: QModelIndex | QPersistentModelIndex,
     ) -> None:
         opt, severity = self._cell_option(option, index)
-        widget = opt.widget
-        style = widget.style() if widget is not None else QApplication.style()
+        widget, style = _widget_and_style(opt)
         style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, widget)
         if severity:
             rect = style.subElementRect(QStyle.SubElement.SE_ItemViewItemDecoration, opt, widget)
@@ -104,8 +103,7 @@ class BadgeDelegate(QStyledItemDelegate):
         opt.features |= _CELL_FEATURES
         opt.decorationSize = QSize(ICON, ICON)
         opt.text = "Mg"
-        widget = opt.widget
-        style = widget.style() if widget is not None else QApplication.style()
+        widget, style = _widget_and_style(opt)
         return style.sizeFromContents(QStyle.ContentsType.CT_ItemViewItem, opt, QSize(), widget)
 
     def _cell_option(
@@ -135,6 +133,12 @@ _CELL_FEATURES = (
     QStyleOptionViewItem.ViewItemFeature.HasDisplay
     | QStyleOptionViewItem.ViewItemFeature.HasDecoration
 )
+
+
+def _widget_and_style(opt: QStyleOptionViewItem) -> tuple[QWidget | None, QStyle]:
+    """The view an option paints for and its style (the app's when there is none)."""
+    widget = opt.widget
+    return widget, widget.style() if widget is not None else QApplication.style()
 
 
 class DatasetBrowser(QWidget):
