@@ -50,13 +50,18 @@ def draw_samples(
             module.to(device)
     was_training = denoiser.training
     denoiser.eval()
+    # In bf16/fp16 training the trainer's denoiser returns fp32 (accelerate's wrapper)
+    # while the VAE is half: the pipeline would decode fp32 latents with half weights.
+    # Autocast, as in training, keeps every product in the model's precision.
+    half = next(comps.vae.parameters()).dtype
+    mixed = device.type == "cuda" and half in (torch.float16, torch.bfloat16)
     paths: list[Path] = []
     try:
         pipe = family.pipeline(comps, denoiser, text_encoders)
         pipe.set_progress_bar_config(disable=True)
         for index, prompt in enumerate(prompts):
             generator = torch.Generator(device="cpu").manual_seed(seed + index)
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device.type, dtype=half, enabled=mixed):
                 image = pipe(
                     prompt,
                     num_inference_steps=inference_steps,
