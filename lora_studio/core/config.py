@@ -568,6 +568,19 @@ class LoraConfig:
             group="performance",
         ),
     )
+    cuda_graphs: bool = field(
+        default=True,
+        metadata=_meta(
+            "Replay each training step from a CUDA graph where the run allows it (SD 1.5 and "
+            "SDXL; bf16 or fp32; AdamW; no gradient accumulation or checkpointing; text "
+            "encoders frozen): one launch per step instead of thousands of Python calls, so "
+            "faster steps where the GPU is fast (SDXL at 1024 px on an H200: 0.10 s per step "
+            "instead of 0.50), the same training and about the same VRAM. Other runs train "
+            "as usual, and the log says why.",
+            label="CUDA graphs",
+            group="performance",
+        ),
+    )
 
     # ---- samples, checkpoints, logs ------------------------------------------------
 
@@ -759,6 +772,25 @@ class LoraConfig:
         """Whether caption embeddings can be computed once: not when the text encoder is
         trained or the caption text changes from step to step."""
         return not (self.train_text_encoder or self.caption_dropout > 0 or self.shuffle_tags)
+
+    @property
+    def graph_blocker(self) -> str | None:
+        """What in these settings keeps training steps from being replayed from CUDA
+        graphs (``training/graphs.py``), whether or not ``cuda_graphs`` is on; ``None``:
+        nothing (the device and the number of processes are the trainer's to check)."""
+        if self.family not in (ModelFamily.SD15, ModelFamily.SDXL):
+            return f"not available for {self.family.label} yet"
+        if self.mixed_precision is MixedPrecision.FP16:
+            return "fp16's loss scaler reads the GPU every step (bf16 has none)"
+        if self.optimizer is not Optimizer.ADAMW:
+            return f"{self.optimizer.value} cannot be captured (AdamW can)"
+        if self.gradient_accumulation_steps > 1:
+            return "gradient accumulation"
+        if self.gradient_checkpointing:
+            return "gradient checkpointing"
+        if self.train_text_encoder:
+            return "the text encoders are trained"
+        return None
 
     @property
     def sample_prompt_list(self) -> list[str]:

@@ -232,6 +232,7 @@ ENABLED_WHEN: dict[str, Callable[[LoraConfig], bool]] = {
     "logit_std": lambda c: c.timestep_sampling.value == "logit_normal",
     "sample_every_n_steps": lambda c: bool(c.sample_prompt_list),
     "sample_inference_steps": lambda c: bool(c.sample_prompt_list),
+    "cuda_graphs": lambda c: c.graph_blocker is None,
 }
 
 

@@ -119,8 +119,8 @@ def save_checkpoint(
             for key, tensor in state.items()
         }
         save_file(flat, str(staging / "adapter.safetensors"))
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), staging / "scheduler.pt")
+        torch.save(_float_rates(optimizer.state_dict()), staging / "optimizer.pt")
+        torch.save(_float_rates(lr_scheduler.state_dict()), staging / "scheduler.pt")
         rng: dict[str, Any] = {
             "generator": generator.get_state(),
             "order_generator": order_generator.get_state(),
@@ -237,3 +237,25 @@ def load_training_state(
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _float_rates(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer's or scheduler's state with plain-number learning rates.
+
+    A run replayed from CUDA graphs keeps its rates in GPU tensors (graphs.py); its
+    checkpoint must resume on any device and without graphs, so they are saved as numbers.
+    """
+    import torch
+
+    def plain(value: Any) -> Any:
+        return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+    state = dict(state)
+    if "param_groups" in state:
+        state["param_groups"] = [
+            {k: plain(v) if k in ("lr", "initial_lr") else v for k, v in group.items()}
+            for group in state["param_groups"]
+        ]
+    if "_last_lr" in state:
+        state["_last_lr"] = [plain(v) for v in state["_last_lr"]]
+    return state

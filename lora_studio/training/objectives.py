@@ -7,7 +7,10 @@
   ``compute_density_for_timestep_sampling``.
 
 Every random draw uses the run's generator (on the CPU, then moved), so a seeded run is
-reproducible and a resumed run continues the same random stream.
+reproducible and a resumed run continues the same random stream. The DDPM draws can be made
+apart from the loss (:func:`ddpm_draws`, then ``ddpm_loss(..., draws=...)``): a training step
+replayed from a CUDA graph (``graphs.py``) draws outside the graph, in the same order, and
+the graph computes the rest.
 """
 
 from __future__ import annotations
@@ -27,27 +30,12 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tenso
     return torch.randn(shape, generator=generator).to(like.device, like.dtype)
 
 
-def ddpm_loss(
-    latents: torch.Tensor,
-    scheduler: object,
-    prediction_type: str,
-    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    generator: torch.Generator,
-    config: LoraConfig,
-) -> torch.Tensor:
-    """Noise-prediction loss of one batch under a DDPM scheduler.
-
-    Args:
-        latents: scaled clean latents ``(B, C, h, w)``.
-        scheduler: a diffusers ``DDPMScheduler``.
-        prediction_type: ``epsilon`` or ``v_prediction``.
-        predict: ``predict(noisy_latents, timesteps) -> model output``.
-        generator: the run's generator.
-        config: for ``noise_offset`` and ``min_snr_gamma``.
-    """
+def ddpm_draws(
+    latents: torch.Tensor, scheduler: object, generator: torch.Generator, config: LoraConfig
+) -> dict[str, torch.Tensor]:
+    """A batch's random draws for :func:`ddpm_loss`, on ``latents``' device: the noise
+    (with the offset noise added when ``noise_offset`` is set) and the timesteps."""
     import torch
-    import torch.nn.functional as F
-    from diffusers.training_utils import compute_snr
 
     batch = latents.shape[0]
     noise = _randn(tuple(latents.shape), generator, latents)
@@ -58,6 +46,37 @@ def ddpm_loss(
         )
     steps = int(scheduler.config.num_train_timesteps)  # type: ignore[attr-defined]
     timesteps = torch.randint(0, steps, (batch,), generator=generator).to(latents.device)
+    return {"noise": noise, "timesteps": timesteps}
+
+
+def ddpm_loss(
+    latents: torch.Tensor,
+    scheduler: object,
+    prediction_type: str,
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    generator: torch.Generator,
+    config: LoraConfig,
+    draws: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Noise-prediction loss of one batch under a DDPM scheduler.
+
+    Args:
+        latents: scaled clean latents ``(B, C, h, w)``.
+        scheduler: a diffusers ``DDPMScheduler``.
+        prediction_type: ``epsilon`` or ``v_prediction``.
+        predict: ``predict(noisy_latents, timesteps) -> model output``.
+        generator: the run's generator.
+        config: for ``noise_offset`` and ``min_snr_gamma``.
+        draws: the batch's noise and timesteps from :func:`ddpm_draws`, made beforehand;
+            ``None`` draws them here.
+    """
+    import torch
+    import torch.nn.functional as F
+    from diffusers.training_utils import compute_snr
+
+    if draws is None:
+        draws = ddpm_draws(latents, scheduler, generator, config)
+    noise, timesteps = draws["noise"], draws["timesteps"]
     noisy = scheduler.add_noise(latents, noise, timesteps)  # type: ignore[attr-defined]
     if prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise, timesteps)  # type: ignore[attr-defined]

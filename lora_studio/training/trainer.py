@@ -30,6 +30,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,6 +68,7 @@ from lora_studio.training.export import (
 )
 from lora_studio.training.families import get_family
 from lora_studio.training.families.base import LossInputs
+from lora_studio.training.graphs import GraphedSteps, graph_blocker
 from lora_studio.training.tiny import ensure_builtin_model
 
 if TYPE_CHECKING:
@@ -154,6 +156,8 @@ class _Run:
     optimizer: Any = None
     lr_scheduler: Any = None
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
+    cast_free_layers: list[Any] = field(default_factory=list)  # see redundant_input_casts
+    graphs: GraphedSteps | None = None  # steps replayed from CUDA graphs (graphs.py)
     peft_configs: dict[str, Any] = field(default_factory=dict)
     step: int = 0
     epoch: int = 0
@@ -247,9 +251,10 @@ def make_optimizer(config: LoraConfig, groups: list[dict[str, Any]], on_cuda: bo
         # Fused: one kernel for every LoRA tensor instead of a loop over hundreds of them
         # (the same update; about 10% of a small model's step on a CPU).
         try:
-            return torch.optim.AdamW(groups, weight_decay=wd, fused=True)
+            # capturable on CUDA: its step count on the GPU, so a CUDA graph can hold it.
+            return torch.optim.AdamW(groups, weight_decay=wd, fused=True, capturable=on_cuda)
         except (RuntimeError, ValueError):  # a device or torch without the fused kernel
-            return torch.optim.AdamW(groups, weight_decay=wd)
+            return torch.optim.AdamW(groups, weight_decay=wd, capturable=on_cuda)
     if config.optimizer is Optimizer.ADAMW_8BIT:
         if not on_cuda:
             raise TrainingError(
@@ -370,7 +375,11 @@ class Trainer:
             self._load_and_cache(run)
             self._attach_lora(run)
             self._restore(run)
-            self._loop(run)
+            self._plan_graphs(run)
+            with lora_input_casts(run.cast_free_layers, enabled=False):
+                self._loop(run)
+            if run.graphs is not None:
+                run.graphs.release()
             return self._save(run, started)
         finally:
             if run.writer is not None:
@@ -663,6 +672,9 @@ class Trainer:
         for slot, i in enumerate(run.trained_encoders, start=1):
             run.text_encoders[i] = prepared[slot]
         run.optimizer = prepared[-1]
+        run.cast_free_layers = redundant_input_casts(
+            run.accelerator.unwrap_model(run.denoiser), run.precision
+        )
         if config.torch_compile:
             self._compile(run)
 
@@ -819,17 +831,12 @@ class Trainer:
             batch = run.epoch_order[run.batch_index]
             run.batch_index += 1
             with accelerator.accumulate(*trained):
-                loss = run.family.loss(self._batch_inputs(run, batch))
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"The loss became {loss.item()} at step {run.step + 1}. Lower the "
-                        f"learning rate, or train in bf16/fp32 instead of fp16."
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(run.trainable, config.max_grad_norm)
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
+                inputs = self._batch_inputs(run, batch)
+                if run.graphs is not None:
+                    loss = run.graphs.step(inputs)
+                    _check_finite(loss, run.step)  # (after the update: the run ends here)
+                else:
+                    loss = self._eager_step(run, inputs)
                 micro_losses.append(float(loss.detach().item()))
             if not accelerator.sync_gradients:
                 continue
@@ -853,6 +860,38 @@ class Trainer:
                 self._checkpoint(run)
             if self._after_step(run):
                 return
+
+    def _eager_step(self, run: _Run, inputs: LossInputs) -> torch.Tensor:
+        """Loss, backward, clipping and the optimizer's update, launched op by op."""
+        accelerator = run.accelerator
+        loss = run.family.loss(inputs)
+        _check_finite(loss, run.step)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and self.config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(run.trainable, self.config.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def _plan_graphs(self, run: _Run) -> None:
+        """Replay the steps from CUDA graphs where this run allows it (see graphs.py)."""
+        blocker = graph_blocker(
+            self.config,
+            run.family,
+            device=run.device.type,
+            processes=run.world,
+        )
+        if blocker is None:
+            run.graphs = GraphedSteps(
+                run.family,
+                run.trainable,
+                run.optimizer,
+                self.config.max_grad_norm,
+                lambda inputs: self._eager_step(run, inputs),
+                self._log,
+            )
+        elif run.device.type == "cuda" and self.config.cuda_graphs:
+            self._log(f"CUDA graphs not used: {blocker}")
 
     def _after_step(self, run: _Run) -> bool:
         """Samples, checkpoints, pause and stop after an optimizer step; ``True`` to stop."""
@@ -947,7 +986,8 @@ class Trainer:
         self._publish(message=f"Drawing {len(prompts)} sample image(s)")
         folder = self.request.output_dir / f"{self.config.name}-samples"
         try:
-            with _eager_blocks():
+            # The pipeline may run parts of the model outside autocast: casts back on.
+            with eager_blocks(), lora_input_casts(run.cast_free_layers, enabled=True):
                 paths = draw_samples(
                     run.family,
                     run.comps,
@@ -1124,13 +1164,61 @@ def _shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
     return padded[rank::world]
 
 
-def _eager_blocks() -> Any:
+def eager_blocks() -> Any:
     """Run compiled blocks eagerly: sampling (no grad, a doubled batch for guidance) would
     otherwise compile them a second time, for a few images."""
     import torch
 
     set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
     return set_stance("force_eager") if set_stance else contextlib.nullcontext()
+
+
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    import torch
+
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"The loss became {loss.item()} at step {step + 1}. Lower the learning rate, "
+            f"or train in bf16/fp32 instead of fp16."
+        )
+
+
+def redundant_input_casts(denoiser: Any, precision: str) -> list[Any]:
+    """The denoiser's plain LoRA layers whose input casts do nothing under mixed precision.
+
+    peft casts each LoRA layer's input to the LoRA weights' dtype (fp32, as they are
+    trained) before the two small products; under bf16/fp16 autocast those products cast
+    it straight back to half precision, so the round trip costs two kernels forward and two
+    backward per layer and changes no value (half -> fp32 -> half is exact). On SDXL that is
+    ~2,800 of a step's ~12,600 kernels, on a step bound by launching kernels
+    (docs/benchmarks.md, item 6). Empty in fp32, where nothing is cast; DoRA layers (and
+    other peft variants, which compute more in the input's dtype) keep their casts.
+    """
+    if precision == "no":
+        return []
+    from peft.tuners.lora import LoraLayer
+
+    return [
+        module
+        for module in denoiser.modules()
+        if isinstance(module, LoraLayer)
+        and hasattr(module, "cast_input_dtype_enabled")
+        and not getattr(module, "lora_variant", None)
+        and not any(getattr(module, "use_dora", {}).values())
+    ]
+
+
+@contextlib.contextmanager
+def lora_input_casts(layers: list[Any], *, enabled: bool) -> Iterator[None]:
+    """peft's input casts on ``layers`` switched on or off for a block, then as before."""
+    before = [layer.cast_input_dtype_enabled for layer in layers]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = enabled
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, before, strict=True):
+            layer.cast_input_dtype_enabled = value
 
 
 def _no_grad() -> Any:

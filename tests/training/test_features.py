@@ -480,3 +480,64 @@ def test_torch_compile_compiles_the_blocks_and_trains_the_same_lora(
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def _lora_mlp(*, dora: bool = False) -> torch.nn.Module:
+    """Two bf16 linears with fp32 LoRA layers on them, as the trainer holds a denoiser in
+    mixed precision."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    model.to(torch.bfloat16).requires_grad_(False)
+    config = PeftLoraConfig(
+        r=4, target_modules=["0", "2"], init_lora_weights="gaussian", use_dora=dora
+    )
+    inject_adapter_in_model(config, model)
+    for name, param in model.named_parameters():
+        if "lora" in name:
+            param.data = param.data.float()
+            param.data.normal_()  # lora_B starts at zero: give it something to carry
+    return model
+
+
+def _copies_and_grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor, list]:
+    """A bf16-autocast forward and backward: the copy kernels it ran, output, LoRA grads."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default:
+                Copies.count += 1
+            return func(*args, **(kwargs or {}))
+
+    model.zero_grad(set_to_none=True)
+    with Copies(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        out.float().square().mean().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    return Copies.count, out.detach(), grads
+
+
+def test_lora_input_casts_are_skipped_under_autocast_with_the_same_values():
+    from lora_studio.training.trainer import lora_input_casts, redundant_input_casts
+
+    model = _lora_mlp()
+    layers = redundant_input_casts(model, "bf16")
+    assert len(layers) == 2
+    assert redundant_input_casts(model, "no") == []  # fp32: nothing is cast
+    assert redundant_input_casts(_lora_mlp(dora=True), "bf16") == []  # DoRA keeps them
+    x = torch.randn(4, 16, dtype=torch.bfloat16)
+    copies, out, grads = _copies_and_grads(model, x)
+    with lora_input_casts(layers, enabled=False):
+        lean_copies, lean_out, lean_grads = _copies_and_grads(model, x)
+    # The fp32 round trip of each layer's input is gone, forward and backward ...
+    assert lean_copies <= copies - 2 * len(layers)
+    # ... and it changed no value: half -> fp32 -> half is exact.
+    assert torch.equal(out, lean_out)
+    for grad, lean_grad in zip(grads, lean_grads, strict=True):
+        assert torch.equal(grad, lean_grad)
+    assert all(layer.cast_input_dtype_enabled for layer in layers)  # as before

@@ -17,7 +17,7 @@ SD 3.5 and Flux:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -69,6 +69,8 @@ class LossInputs:
         config: the run's settings.
         weight_dtype: the frozen model's dtype.
         autocast: a context-manager factory for mixed precision (``accelerator.autocast``).
+        draws: the batch's random draws from :meth:`Family.loss_draws`, made beforehand
+            (a CUDA-graph step draws outside the graph); ``None``: the loss draws them.
     """
 
     comps: Components
@@ -80,6 +82,7 @@ class LossInputs:
     config: LoraConfig
     weight_dtype: torch.dtype
     autocast: Any
+    draws: dict[str, torch.Tensor] | None = None
 
 
 class Family(Protocol):
@@ -130,6 +133,11 @@ class Family(Protocol):
     def loss(self, inputs: LossInputs) -> torch.Tensor:
         """The scalar training loss of one batch."""
         ...
+
+    #: ``loss_draws(inputs) -> dict``: the batch's random draws (from ``inputs.generator``,
+    #: in the order :meth:`loss` would make them, on the device), for ``inputs.draws``.
+    #: ``None`` where the loss cannot take its draws from outside (no CUDA-graph steps).
+    loss_draws: Callable[[LossInputs], dict[str, torch.Tensor]] | None
 
     def kohya_keys(self, denoiser_lora: dict[str, Any], config: LoraConfig) -> dict[str, Any]:
         """Rename a peft denoiser state dict (``module.lora_A.weight``) to kohya keys,

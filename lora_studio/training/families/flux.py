@@ -120,6 +120,8 @@ class FluxFamily:
     text_encoder_prefixes: tuple[str | None, ...] = ("lora_te1_", None)
     has_conv_layers = False
     repeated_blocks = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
+    # The flow-matching draws are made inside the loss: no CUDA-graph steps (yet).
+    loss_draws = None
 
     # ---- loading ---------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from lora_studio.training.loading import (
     load_single_file,
     require_subfolders,
 )
-from lora_studio.training.objectives import ddpm_loss
+from lora_studio.training.objectives import ddpm_draws, ddpm_loss
 
 if TYPE_CHECKING:
     import torch
@@ -154,6 +154,12 @@ class SD15Family:
             unet_predict(inputs),
             inputs.generator,
             inputs.config,
+            draws=inputs.draws,
+        )
+
+    def loss_draws(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        return ddpm_draws(
+            inputs.latents, inputs.comps.noise_scheduler, inputs.generator, inputs.config
         )
 
     def kohya_keys(self, denoiser_lora: dict[str, Any], config: LoraConfig) -> dict[str, Any]:

@@ -67,6 +67,8 @@ class SD3Family:
     text_encoder_prefixes: tuple[str | None, ...] = ("lora_te1_", "lora_te2_", None)
     has_conv_layers = False
     repeated_blocks = ("JointTransformerBlock",)
+    # The flow-matching draws are made inside the loss: no CUDA-graph steps (yet).
+    loss_draws = None
 
     # ---- loading ---------------------------------------------------------------------
 
