@@ -9,20 +9,22 @@ the same FLOPs and memory as the real model) as a diffusers folder, then:
 
 1. **Our trainer.** Trains a LoRA on that folder with LoRA Studio's own ``Trainer`` and the
    SDXL preset (1024x1024, batch 1, bf16, rank 32, AdamW, latents and captions cached), as
-   the app does. Reads the time to the first step, the median time per step and the peak
-   GPU memory (``torch.cuda.max_memory_allocated``) against ``estimate_vram_gb`` and
-   ``seconds_per_step``.
-2. **The bare step.** The same UNet, LoRA, optimizer and loss in a plain loop with nothing
+   the app does: once eagerly (``cuda_graphs`` off) and once with its default, each step
+   replayed from a CUDA graph (``graphs.py``). Reads the time to the first step, the
+   median time per step and the peak GPU memory (``torch.cuda.max_memory_allocated``)
+   against ``estimate_vram_gb`` and ``seconds_per_step``.
+2. With ``--compile``, the trainer again with ``torch_compile`` on (each transformer block
+   compiled in place: the first step is slower; CUDA graphs as the app's default).
+3. **The bare step.** The same UNet, LoRA, optimizer and loss in a plain loop with nothing
    around it, timed between two ``torch.cuda.synchronize()`` calls, once without and once
    with a host read of the loss every step. Its FLOPs are counted with
    ``torch.utils.flop_counter.FlopCounterMode``; model FLOPs utilisation (MFU) is those
    FLOPs per second against the GPU's dense bf16 peak and against an 8192^3 bf16 matrix
    product measured in the same run. Trainer / bare step is what the trainer costs.
-3. With ``--compile``, the trainer again with ``torch_compile`` on (each transformer block
-   compiled in place: the first step is slower).
+   ``--bare-variants`` also times it without peft's input casts, with fused AdamW, with
+   the blocks compiled (``--compile``) and captured as one CUDA graph (``--graphs``).
 
-``--variants`` (no folder, no trainer) times the bare step three ways on one UNet: as is,
-with fused AdamW, and (with ``--compile``) with the transformer blocks compiled.
+``--variants`` (no folder, no trainer) times only the bare step's variants on one UNet.
 
 Published anchors (issue 8): SimpleTuner 0.606 s/step for SDXL LoRA at 1024 on an H100
 (bf16, caches, no checkpointing); kohya 1.12 s/it on an RTX 3090 Ti.
@@ -55,7 +57,11 @@ from lora_studio.core.estimates import (  # noqa: E402
 from lora_studio.core.jobs import JobStatus, Progress  # noqa: E402
 from lora_studio.core.request import TrainingRequest  # noqa: E402
 from lora_studio.training.families import get_family  # noqa: E402
-from lora_studio.training.trainer import Trainer  # noqa: E402
+from lora_studio.training.trainer import (  # noqa: E402
+    Trainer,
+    eager_blocks,
+    redundant_input_casts,
+)
 
 #: Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by name fragment.
 BF16_PEAK_TFLOPS = {
@@ -211,6 +217,7 @@ def run_trainer(
         "final_loss": round(result.final_loss, 5) if result.final_loss is not None else None,
         "output": result.output_path.name,
         "compile": next((line for line in clock.log if "torch.compile" in line), None),
+        "graphs": [line.split(" ", 1)[1] for line in clock.log if "CUDA graph" in line],
     }
     if cuda:
         row["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
@@ -259,10 +266,17 @@ def bare_step(
     *,
     fused: bool = False,
     compile: str = "",
+    lean: bool = False,
+    graph: bool = False,
     count_flops: bool = True,
     profile: Path | None = None,
 ) -> dict[str, Any]:
-    """Time (and count) the UNet step alone: LoRA forward, backward, clipping, AdamW."""
+    """Time (and count) the UNet step alone: LoRA forward, backward, clipping, AdamW.
+
+    ``lean``: without peft's input casts (the trainer's ``redundant_input_casts``).
+    ``graph`` (CUDA): the whole step captured once as a CUDA graph and replayed, so no
+    Python runs per kernel: what the step costs the GPU itself.
+    """
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -271,7 +285,10 @@ def bare_step(
     cuda = device == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, fused=fused or None)
+    if graph:  # its step count must live on the GPU, inside the graph
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, capturable=True)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, fused=fused or None)
     model = unet
     if compile == "whole":
         model = torch.compile(unet)
@@ -279,6 +296,9 @@ def bare_step(
         for module in unet.modules():
             if type(module).__name__ == "BasicTransformerBlock":
                 module.compile()
+    layers = redundant_input_casts(unet, "bf16" if cuda else "no")
+    for layer in layers:
+        layer.cast_input_dtype_enabled = not lean
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear")
     side = config.resolution // 8
     cross = unet.config.cross_attention_dim
@@ -298,18 +318,23 @@ def bare_step(
         ),
     }
 
-    def step() -> torch.Tensor:
-        noise = torch.randn(latents.shape, device=device, generator=gen, dtype=dtype)
-        t = torch.randint(0, 1000, (1,), device=device, generator=gen)
+    def forward_backward(noise_from: Any) -> torch.Tensor:
+        noise = torch.randn(latents.shape, device=device, generator=noise_from, dtype=dtype)
+        t = torch.randint(0, 1000, (1,), device=device, generator=noise_from)
         noisy = scheduler.add_noise(latents, noise, t)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+        # A captured graph cannot keep autocast's cache of cast weights between replays.
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda, cache_enabled=not graph):
             pred = model(noisy, t, cond, added_cond_kwargs=added).sample
         loss = F.mse_loss(pred.float(), noise.float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+    def step() -> torch.Tensor:
+        loss = forward_backward(gen)
+        optimizer.zero_grad(set_to_none=True)
+        return loss
 
     def sync() -> None:
         if cuda:
@@ -319,12 +344,15 @@ def bare_step(
     row: dict[str, Any] = {}
     sync()
     start = time.perf_counter()
-    step()
+    if graph:
+        step = graphed(forward_backward, optimizer)
+    else:
+        step()
     sync()
     row["first_step_s"] = round(time.perf_counter() - start, 2)
     for _ in range(2):
         step()
-    if count_flops:
+    if count_flops and not graph:
         counter = FlopCounterMode(display=False)
         with counter:
             step()
@@ -343,7 +371,7 @@ def bare_step(
 
     row["s_per_step"] = round(timed(False), 4)
     row["s_per_step_loss_read"] = round(timed(True), 4)
-    if profile is not None:
+    if profile is not None and not graph:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as profiler
 
@@ -355,6 +383,34 @@ def bare_step(
         key = "self_device_time_total" if cuda else "self_cpu_time_total"
         profile.write_text(prof.key_averages().table(sort_by=key, row_limit=40), "utf-8")
     return row
+
+
+def graphed(forward_backward: Any, optimizer: Any) -> Any:
+    """Capture ``forward_backward`` (a whole step: noise, forward, backward, clipping,
+    AdamW) as one CUDA graph; returns a step function that replays it. Noise and
+    timesteps come from the default CUDA generator, which graphs advance per replay."""
+    import torch
+
+    # Warm up on a side stream (optimizer state, cuBLAS workspaces, autotuning) first.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            forward_backward(None)
+            optimizer.zero_grad(set_to_none=True)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # Grads set to None: the captured backward allocates them in the graph's own memory
+    # and every replay writes them afresh.
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss = forward_backward(None)
+
+    def replay() -> Any:
+        graph.replay()
+        return loss
+
+    return replay
 
 
 def matmul_tflops(device: str) -> float:
@@ -375,23 +431,55 @@ def matmul_tflops(device: str) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
+def bare_variants(
+    args: argparse.Namespace,
+    unet: Any,
+    config: LoraConfig,
+    device: str,
+    record: Any,
+    *,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """The bare step on one UNet, as is (FLOPs counted), then each way of making it cheaper
+    that was asked for: without peft's input casts (``lean``, as the trainer runs), with
+    fused AdamW, with the transformer blocks compiled (``--compile``: in place), as a CUDA
+    graph of the eager blocks (``--graphs``). Each row is recorded as it ends,
+    and a variant that fails records its error instead of ending the run."""
+    steps = max(5, args.steps // 2)
+    rows: dict[str, Any] = {}
+
+    def variant(key: str, **options: Any) -> None:
+        try:
+            rows[key] = bare_step(unet, config, device, steps, count_flops=False, **options)
+        except Exception as exc:  # noqa: BLE001 - a measurement, not the product
+            rows[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        record(key, rows[key])
+
+    rows["bare"] = bare_step(unet, config, device, steps, profile=profile)
+    record("bare", rows["bare"])
+    if not args.bare_variants:
+        return rows
+    variant("bare_lean", lean=True)
+    variant("bare_lean_fused", lean=True, fused=True)
+    if args.compile:
+        variant("bare_lean_fused_compiled", lean=True, fused=True, compile="blocks")
+    if args.graphs and device == "cuda":  # last: a failed capture may spoil what follows
+        with eager_blocks():  # the blocks as written, even if compiled just before
+            variant("bare_lean_graph", lean=True, graph=True)
+    return rows
+
+
 def variants(
     args: argparse.Namespace, model: Path | None, config: LoraConfig, device: str, record: Any
 ) -> int:
-    """The bare step three ways on one UNet: what fused AdamW and torch.compile change."""
+    """Only the bare step's variants, on a UNet built here (no folder, no trainer)."""
     import torch
 
+    args.bare_variants = True
     start = time.perf_counter()
     unet = lora_unet(model, config, device)
     record("unet_built_s", round(time.perf_counter() - start, 1))
-    steps = max(5, args.steps // 2)
-    record("bare_foreach", bare_step(unet, config, device, steps))
-    record("bare_fused", bare_step(unet, config, device, steps, fused=True, count_flops=False))
-    if args.compile:
-        compiled = bare_step(
-            unet, config, device, steps, fused=True, compile="blocks", count_flops=False
-        )
-        record("bare_fused_compiled_blocks", compiled)
+    bare_variants(args, unet, config, device, record, profile=args.profile)
     if device == "cuda":
         record("peak_vram_gb", round(torch.cuda.max_memory_allocated() / 1e9, 2))
     return 0
@@ -407,7 +495,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--compile", action="store_true", help="also train with torch.compile")
     parser.add_argument(
-        "--compiled-only", action="store_true", help="only the trainer with torch.compile"
+        "--bare-variants",
+        action="store_true",
+        help="the bare step also without peft's input casts, with fused AdamW and (with "
+        "--compile / --graphs) compiled and captured as a CUDA graph",
+    )
+    parser.add_argument(
+        "--graphs", action="store_true", help="with --bare-variants: the bare step as a CUDA graph"
+    )
+    parser.add_argument(
+        "--compiled-only",
+        action="store_true",
+        help="only the trainer with torch.compile",
     )
     parser.add_argument("--tiny", action="store_true", help="the tiny SDXL at 128 px (checks)")
     parser.add_argument("--json-out", type=Path, help="write the results here as they come")
@@ -479,20 +578,37 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 3 if args.steps > 6 else 1
     if args.compiled_only:
         compiled = run_trainer(
-            model, data, work / "out-compiled", config.replace(torch_compile=True), device, 3
+            model,
+            data,
+            work / "out-compiled",
+            config.replace(torch_compile=True),
+            device,
+            3,
         )
         record("trainer_compiled", compiled)
         return 0
-    trainer = run_trainer(model, data, work / "out-eager", config, device, warmup)
-    record("trainer", trainer)
-    bare = bare_step(
-        lora_unet(model, config, device),
-        config,
-        device,
-        max(5, args.steps // 2),
-        profile=args.profile,
+    trainer = run_trainer(
+        model, data, work / "out-eager", config.replace(cuda_graphs=False), device, warmup
     )
-    record("bare", bare)
+    record("trainer", trainer)
+    # The app's default on CUDA: each step replayed from a CUDA graph (graphs.py).
+    graphed = run_trainer(model, data, work / "out-graphs", config, device, warmup)
+    record("trainer_graphs", graphed)
+    # Compiled before the bare steps: its first step must not find their graphs cached.
+    if args.compile:
+        compiled = run_trainer(
+            model,
+            data,
+            work / "out-compiled",
+            config.replace(torch_compile=True),
+            device,
+            warmup=max(warmup, 5),
+        )
+        record("trainer_compiled", compiled)
+    rows = bare_variants(
+        args, lora_unet(model, config, device), config, device, record, profile=args.profile
+    )
+    bare = rows["bare"]
     if cuda:
         torch.cuda.empty_cache()  # the bare step's UNet is gone with its frame
 
@@ -506,25 +622,26 @@ def main(argv: list[str] | None = None) -> int:
                 row["of_datasheet"] = round(achieved / peak, 3)
         return row
 
+    timed = {key: row["s_per_step"] for key, row in rows.items() if "s_per_step" in row}
+    # The trainer runs as the lean, fused bare step does (input casts off, fused AdamW).
+    like_trainer = timed.get("bare_lean_fused", bare["s_per_step"])
     record(
         "mfu",
         {
             "trainer": mfu(trainer["s_per_step"]),
-            "bare": mfu(bare["s_per_step"]),
-            "trainer_over_bare": round(trainer["s_per_step"] / bare["s_per_step"], 3),
+            "trainer_graphs": mfu(graphed["s_per_step"]),
+            **{key: mfu(seconds) for key, seconds in timed.items()},
+            "trainer_over_bare": round(trainer["s_per_step"] / like_trainer, 3),
+            "graphs_over_eager": round(graphed["s_per_step"] / trainer["s_per_step"], 3),
         },
     )
     if args.compile:
-        compiled = run_trainer(
-            model,
-            data,
-            work / "out-compiled",
-            config.replace(torch_compile=True),
-            device,
-            warmup=max(warmup, 5),
-        )
-        record("trainer_compiled", compiled)
-        record("mfu_compiled", mfu(compiled["s_per_step"]))
+        row = mfu(compiled["s_per_step"])
+        if "bare_lean_fused_compiled" in timed:
+            row["trainer_over_bare"] = round(
+                compiled["s_per_step"] / timed["bare_lean_fused_compiled"], 3
+            )
+        record("mfu_compiled", row)
     if not math.isfinite(trainer["s_per_step"]):
         return 1
     return 0
