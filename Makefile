@@ -41,13 +41,14 @@ test: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Speed measurements (not tests: numbers to read and compare, see docs/benchmarks.md).
-# Each prints ratios measured in the same run; about 8 minutes on an idle 2-core machine.
+# Each prints ratios measured in the same run; about 9 minutes on an idle 2-core machine.
 bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_index.py --images 10000
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_browser.py --images 10000
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_prepare.py --photos --images 300 --resolution 1024 --buckets
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_caption.py --images 100
-	$(TEST_ENV) $(BIN)/python benchmarks/bench_train.py --steps 30 --rounds 2 --threads 1
+	$(TEST_ENV) $(BIN)/python benchmarks/bench_train.py --steps 30 --rounds 2 --threads 1 --resolution 256
+	$(TEST_ENV) $(BIN)/python benchmarks/bench_train.py --steps 30 --rounds 2 --threads 1 --resolution 512
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_estimates.py --steps 16
 
 # Item 6 of docs/benchmarks.md, on a CUDA GPU: an SDXL-size LoRA run (builds SDXL's

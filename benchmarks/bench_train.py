@@ -7,7 +7,8 @@ Both sides train the built-in tiny SD 1.5 model (``builtin:tiny-sd15``: SD 1.5's
 toy size) on the same images (``resources/sample_dataset``: 12 captioned 512 px PNGs), at the
 same resolution and batch, for the same number of steps, with the same seed, LoRA targets
 (UNet attention ``to_q``/``to_k``/``to_v``/``to_out.0``), rank, AdamW settings, constant
-learning rate and gradient clipping.
+learning rate and gradient clipping. The tiny model's own resolution is 256 px (its UNet's
+sample size is 32 latents, as SD 1.5's 64 make 512 px); ``make bench`` runs 256 and 512.
 
 * **reference**: the loop of diffusers' ``examples/text_to_image/train_text_to_image_lora.py``
   rewritten here without the ``datasets`` and ``torchvision`` packages: every step opens,
