@@ -31,7 +31,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    CancelledError,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
@@ -165,33 +172,42 @@ def map_chunks(
     queued, so stopping is prompt and memory flat.
 
     Returns ``False`` if ``should_stop()`` stopped it early (chunks not yet started are
-    cancelled). If the helper process dies (killed, out of memory), the chunks it had
-    are run here in the calling thread instead, so the work still completes.
+    cancelled), or the pool was shut down (the app is closing). If the helper process
+    dies (killed, out of memory), the chunks it had are run here in the calling thread
+    instead, so the work still completes.
     """
     pool = executor if executor is not None else background_executor()
     workers = getattr(pool, "_max_workers", 1)
     queue = iter(_chunks(items, chunk))
     pending: dict[Future[list[R]], Sequence[T]] = {}
 
-    def refill() -> None:
+    def refill() -> bool:
+        """Queue more chunks; ``False`` once the pool has been shut down."""
         while len(pending) < workers * in_flight:
             part = next(queue, None)
             if part is None:
-                return
+                return True
             try:
                 pending[pool.submit(function, part)] = part
-            except (BrokenProcessPool, RuntimeError) as exc:
+            except BrokenProcessPool as exc:
                 _lost(exc)
                 results = function(part)
                 if done is not None:
                     done(part, results)
+            except RuntimeError:  # shut down: the app is closing, the rest is not wanted
+                return False
+        return True
 
-    refill()
+    def stop() -> bool:
+        for future in pending:
+            future.cancel()
+        return False
+
+    if not refill():
+        return stop()
     while pending:
         if should_stop is not None and should_stop():
-            for future in pending:
-                future.cancel()
-            return False
+            return stop()
         finished, _ = wait(list(pending), timeout=0.1, return_when=FIRST_COMPLETED)
         for future in finished:
             part = pending.pop(future)
@@ -200,9 +216,12 @@ def map_chunks(
             except BrokenProcessPool as exc:
                 _lost(exc)
                 results = function(part)
+            except CancelledError:  # cancelled by the pool's shutdown
+                return stop()
             if done is not None:
                 done(part, results)
-        refill()
+        if not refill():
+            return stop()
     return True
 
 

@@ -69,6 +69,28 @@ def test_map_chunks_stops_between_chunks() -> None:
     assert 3 <= len(done) < 100, "it stopped long before the end"
 
 
+def test_map_chunks_ends_when_its_pool_is_shut_down(caplog) -> None:
+    """The app is closing (shutdown_background at exit): the rest of the work is not
+    wanted, so it is neither run here in the calling thread nor reported as a lost
+    helper (it used to be, chunk by chunk, keeping a closing window busy)."""
+    ran: list[int] = []
+    pool = ThreadPoolExecutor(1)
+
+    def work(numbers):
+        ran.append(len(numbers))
+        return _square(numbers)
+
+    def done(part, out):
+        if len(ran) == 2:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    finished = map_chunks(work, list(range(1000)), executor=pool, chunk=10, in_flight=1, done=done)
+    pool.shutdown(wait=True)
+    assert not finished
+    assert len(ran) <= 4, "the remaining chunks were run anyway"
+    assert "background process stopped" not in caplog.text
+
+
 def _folder_with_problems(folder: Path) -> Path:
     made = write_every_kind(folder)
     write_broken(folder, made["jpeg"])
