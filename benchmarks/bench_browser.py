@@ -299,6 +299,7 @@ def run_ours(folder: Path, cache: Path) -> dict[str, Any]:
         results["rss_after_second_open_mb"] = peak_rss_mb()
 
     loop.run_until_complete(scenario())
+    controller.shutdown(timeout=10)  # as the window's close does: no thread left running
     return results
 
 
