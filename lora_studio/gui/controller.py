@@ -1031,6 +1031,10 @@ class StudioController(QObject):
             self._run_backend = self._backend_for(processes)
             creator.with_backend(self._run_backend)
             self._run_creator = creator
+            # Garbage cycles made since the last settle (a captioner's model, say) are
+            # freed here, on this thread: the run freezes the heap after its imports
+            # (training/trainer.py, import_training_stack_quietly).
+            settle("starting a run")
             # Checks the model and the output folder off the GUI thread, then submits.
             job = await creator.train(resume_from=resume_from)
         except LoraStudioError as exc:

@@ -24,6 +24,7 @@ The phases:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -367,6 +368,7 @@ class Trainer:
             raise TrainingError(msg) from exc
 
     def _train(self, started: float) -> TrainResult:
+        import_training_stack_quietly()
         _quiet_libraries()
         self._publish(status=JobStatus.PREPARING, message="Checking the output folder")
         ensure_writable_dir(self.request.output_dir)
@@ -397,6 +399,7 @@ class Trainer:
         if ref.family is None:
             raise ModelError(f"Cannot tell which model family {ref.ref} belongs to.")
         family = get_family(ref.family)
+        import_training_stack_quietly(family)
         local_path = self._materialise(ref)
 
         device_name = self._device_name or pick_device()
@@ -1162,6 +1165,45 @@ def _shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
     per_process = -(-len(batches) // world)
     padded = batches + batches[: per_process * world - len(batches)]
     return padded[rank::world]
+
+
+_QUIETLY_IMPORTED: set[str] = set()
+
+
+def import_training_stack_quietly(family: Family | None = None) -> None:
+    """Import what a run needs — transformers, diffusers, accelerate, peft and, given a
+    ``family``, its pipeline and with it the model classes its :meth:`~Family.load`
+    uses — with the garbage collector paused, then freeze the heap.
+
+    Those imports make hundreds of thousands of objects, and the collector's full passes
+    over them as they arrive hold the GIL: on the tiny SD 1.5, passes of 10-108 ms at the
+    start of the first run, each a stall of the window's thread. Paused, there are none;
+    frozen, later passes skip what was imported, which lives as long as the process (as
+    ``gui/heap.py`` does after the app's own imports). Once per process (and family).
+    Garbage cycles alive at the freeze would wait for the process to end, so the window
+    collects them just before it starts a run (``gui/controller.py``); a command-line
+    run's end is near anyway.
+    """
+    key = family.pipeline_class_name if family is not None else ""
+    if key in _QUIETLY_IMPORTED:
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        import accelerate  # noqa: F401
+        import diffusers
+        import diffusers.optimization  # noqa: F401
+        import diffusers.training_utils  # noqa: F401
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+
+        if family is not None:
+            getattr(diffusers, family.pipeline_class_name)
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+    _QUIETLY_IMPORTED.add(key)
 
 
 def eager_blocks() -> Any:

@@ -284,3 +284,41 @@ def test_unknown_model_family_is_named(small_dataset, tmp_path) -> None:
     )
     with pytest.raises(ModelError, match="Cannot tell which model family"):
         Trainer(_request(small_dataset, tmp_path / "out", base=str(folder))).train()
+
+
+def test_the_model_classes_are_imported_without_collector_passes() -> None:
+    """The first run's imports of diffusers' and transformers' model modules run with the
+    garbage collector paused (its full passes over them would stall the window's thread),
+    then are frozen out of later passes; the collector is on again afterwards."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import gc, json, sys
+        import torch  # the window imports torch, then settles its heap, before any run
+        gc.collect(); gc.freeze()
+        from lora_studio.core.config import ModelFamily
+        from lora_studio.training.families import get_family
+        from lora_studio.training.trainer import import_training_stack_quietly
+        module = "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion"
+        before = module in sys.modules
+        passes = []
+        gc.callbacks.append(lambda phase, info: phase == "start" and passes.append(info))
+        frozen = gc.get_freeze_count()
+        import_training_stack_quietly(get_family(ModelFamily.SD15))
+        print(json.dumps({
+            "before": before, "after": module in sys.modules, "passes": len(passes),
+            "enabled": gc.isenabled(), "frozen": gc.get_freeze_count() - frozen,
+        }))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=240
+    )
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not facts["before"] and facts["after"], facts  # it did the importing
+    assert facts["passes"] == 0, facts
+    assert facts["enabled"], facts
+    assert facts["frozen"] > 10_000, facts  # what was imported left the collector's walks
