@@ -576,16 +576,17 @@ def main(argv: list[str] | None = None) -> int:
             {"matmul_bf16_tflops": round(measured, 1), "datasheet_tflops": datasheet_peak(name)},
         )
     warmup = 3 if args.steps > 6 else 1
-    if args.compiled_only:
-        compiled = run_trainer(
-            model,
-            data,
-            work / "out-compiled",
-            config.replace(torch_compile=True),
-            device,
-            3,
+
+    def train_compiled(warm: int) -> dict[str, Any]:
+        # torch_compile on, CUDA graphs as the app's default.
+        row = run_trainer(
+            model, data, work / "out-compiled", config.replace(torch_compile=True), device, warm
         )
-        record("trainer_compiled", compiled)
+        record("trainer_compiled", row)
+        return row
+
+    if args.compiled_only:
+        train_compiled(3)
         return 0
     trainer = run_trainer(
         model, data, work / "out-eager", config.replace(cuda_graphs=False), device, warmup
@@ -596,15 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     record("trainer_graphs", graphed)
     # Compiled before the bare steps: its first step must not find their graphs cached.
     if args.compile:
-        compiled = run_trainer(
-            model,
-            data,
-            work / "out-compiled",
-            config.replace(torch_compile=True),
-            device,
-            warmup=max(warmup, 5),
-        )
-        record("trainer_compiled", compiled)
+        compiled = train_compiled(max(warmup, 5))
     rows = bare_variants(
         args, lora_unet(model, config, device), config, device, record, profile=args.profile
     )
