@@ -259,3 +259,44 @@ def test_fp16_runs_say_why_they_are_not_graphed(small_dataset, tmp_path):
     _, lines = _train(small_dataset, tmp_path / "h", "builtin:tiny-sd15", mixed_precision="fp16")
     assert not lines.replayed()
     assert any("CUDA graphs not used: fp16" in line for line in lines.lines)
+
+
+def test_a_graph_is_keyed_by_every_batch_tensor_and_fed_all_of_them():
+    """What decides which graph replays a batch, and what is copied in before it does
+    (graphs.py's helpers; they run anywhere)."""
+    import dataclasses
+
+    from lora_studio.training.families.base import LossInputs
+    from lora_studio.training.graphs import _clone_inputs, _copy_into, _shape_key
+
+    def batch(side: int, seed: int) -> LossInputs:
+        g = torch.Generator().manual_seed(seed)
+        return LossInputs(
+            comps=None,
+            denoiser=None,
+            latents=torch.randn(1, 4, side, side, generator=g),
+            cond={"prompt_embeds": torch.randn(1, 77, 8, generator=g)},
+            image_meta=torch.randn(1, 6, generator=g),
+            generator=g,
+            config=LoraConfig(),
+            weight_dtype=torch.float32,
+            autocast=None,
+            draws={
+                "noise": torch.randn(1, 4, side, side, generator=g),
+                "timesteps": torch.randint(0, 1000, (1,), generator=g),
+            },
+        )
+
+    a, b, wide = batch(8, 1), batch(8, 2), batch(12, 3)
+    assert _shape_key(a) == _shape_key(b)
+    assert _shape_key(a) != _shape_key(wide)  # another bucket: another graph
+    no_draws = dataclasses.replace(a, draws=None)
+    assert _shape_key(no_draws) != _shape_key(a)
+    static = _clone_inputs(a)
+    assert static.latents is not a.latents and torch.equal(static.latents, a.latents)
+    _copy_into(static, b)
+    for name in ("latents", "image_meta"):
+        assert torch.equal(getattr(static, name), getattr(b, name)), name
+    assert torch.equal(static.cond["prompt_embeds"], b.cond["prompt_embeds"])
+    for key in ("noise", "timesteps"):
+        assert torch.equal(static.draws[key], b.draws[key]), key
