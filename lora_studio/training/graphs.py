@@ -165,6 +165,7 @@ class GraphedSteps:
             # The warm-up's cached blocks back to the driver: the graph's pool takes their
             # place instead of adding to them.
             torch.cuda.empty_cache()
+        if not self._lrs:  # (once: a first capture that failed has made them already)
             self._lrs_to_tensors()
         static = _clone_inputs(inputs)
         self._optimizer.zero_grad(set_to_none=True)
