@@ -208,13 +208,17 @@ def test_graphed_steps_train_as_eager_steps(small_dataset, tmp_path, name, model
     _assert_same_training(graphed, eager, lines.losses, eager_lines.losses)
 
 
-@cuda
-def test_each_bucket_shape_gets_its_graph(tmp_path):
-    folder = tmp_path / "mixed"
+def _two_shapes(folder: Path) -> Path:
     folder.mkdir()
     for i, size in enumerate([(96, 64), (64, 96)] * 3):
         Image.new("RGB", size, (40 * i, 100, 200 - 30 * i)).save(folder / f"img{i}.png")
         (folder / f"img{i}.txt").write_text(f"a shape, number {i}", encoding="utf-8")
+    return folder
+
+
+@cuda
+def test_each_bucket_shape_gets_its_graph(tmp_path):
+    folder = _two_shapes(tmp_path / "mixed")
     graphed, lines = _train(folder, tmp_path / "g", "builtin:tiny-sd15", max_steps=12)
     eager, eager_lines = _train(
         folder, tmp_path / "e", "builtin:tiny-sd15", max_steps=12, cuda_graphs=False
@@ -300,3 +304,26 @@ def test_a_graph_is_keyed_by_every_batch_tensor_and_fed_all_of_them():
     assert torch.equal(static.cond["prompt_embeds"], b.cond["prompt_embeds"])
     for key in ("noise", "timesteps"):
         assert torch.equal(static.draws[key], b.draws[key]), key
+
+
+@cuda
+def test_a_step_that_cannot_be_captured_trains_eagerly(tmp_path, monkeypatch):
+    from lora_studio.training.families.sd15 import SD15Family
+
+    real = SD15Family.loss
+
+    def loss(self, inputs):
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real(self, inputs)
+
+    monkeypatch.setattr(SD15Family, "loss", loss)
+    folder = _two_shapes(tmp_path / "mixed")  # two shapes: two captures tried
+    graphed, lines = _train(folder, tmp_path / "g", "builtin:tiny-sd15", max_steps=12)
+    eager, eager_lines = _train(
+        folder, tmp_path / "e", "builtin:tiny-sd15", max_steps=12, cuda_graphs=False
+    )
+    said = [line for line in lines.lines if "could not capture" in line]
+    assert len(said) == 2, lines.lines  # one per shape, and each trained eagerly
+    assert not lines.replayed()
+    _assert_same_training(graphed, eager, lines.losses, eager_lines.losses)
