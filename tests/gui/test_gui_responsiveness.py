@@ -10,9 +10,13 @@ docs/reliability.md.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 from gui_helpers import fast_config, run
 from PySide6.QtCore import QTimer
 
@@ -84,3 +88,43 @@ def test_training_and_captioning_at_once_never_stall_the_window(
     assert heartbeat.ticks > 20
     print(f"longest GUI-thread stall: {heartbeat.longest * 1000:.0f} ms")
     assert heartbeat.longest < STALL_LIMIT_S, f"the GUI thread stalled {heartbeat.longest:.2f} s"
+
+
+# Counts the threads a big smooth downscale starts: Qt's raster engine splits one of 96
+# rows or more across its own thread pool (and the GUI thread waits for them).
+_PAINT_POOL_PROBE = """
+import os
+import lora_studio.gui
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication, QImage
+app = QGuiApplication([])
+before = len(os.listdir("/proc/self/task"))
+image = QImage(3000, 3000, QImage.Format.Format_RGB32)
+image.fill(0x336699)
+small = image.scaled(1500, 1500, Qt.AspectRatioMode.IgnoreAspectRatio,
+                     Qt.TransformationMode.SmoothTransformation)
+assert small.width() == 1500
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+def test_qt_paints_on_the_gui_thread_alone() -> None:
+    """Importing the app turns off Qt's paint thread pool (see ``lora_studio.gui``), unless
+    ``LORA_STUDIO_QT_PAINT_POOL=1`` asks for it; a user's own setting is left alone."""
+
+    def new_threads(**extra: str) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "QT_NO_GUI_THREADPOOL"}
+        env.update(QT_QPA_PLATFORM="offscreen", **extra)
+        result = subprocess.run(
+            [sys.executable, "-c", _PAINT_POOL_PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.split()[-1])
+
+    assert new_threads(LORA_STUDIO_QT_PAINT_POOL="1") >= 1  # the probe sees the pool
+    assert new_threads() == 0
