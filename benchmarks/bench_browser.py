@@ -298,8 +298,12 @@ def run_ours(folder: Path, cache: Path) -> dict[str, Any]:
         await open_once("warm")
         results["rss_after_second_open_mb"] = peak_rss_mb()
 
-    loop.run_until_complete(scenario())
-    controller.shutdown(timeout=10)  # as the window's close does: no thread left running
+    with loop:  # as the app ends (lora_studio.gui.app.run_gui): no thread left running
+        loop.run_until_complete(scenario())
+        controller.shutdown(timeout=10)
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        if pending:  # let cancelled tasks finish their clean-up
+            loop.run_until_complete(asyncio.wait(pending, timeout=5))
     return results
 
 
