@@ -552,9 +552,13 @@ class JobStore:
     ) -> None:
         """Record a job's loss at some steps: ``(step, loss)`` points, or
         ``(step, loss, learning rate)`` ones (``None``: the rate is not known). A step
-        recorded again replaces what was recorded for it."""
+        recorded again replaces what was recorded for it. A loss that is not a number
+        (NaN or infinite: a run that diverged) is left out: the curve cannot draw it,
+        and the run's error says at which step it happened."""
         rows = []
         for step, loss, *rate in points:
+            if not math.isfinite(loss):
+                continue
             lr = rate[0] if rate else None
             # A rate that is not a number (NaN: not known) is stored as not known.
             known = lr is not None and math.isfinite(lr)
@@ -609,6 +613,18 @@ class ProgressRecorder:
                 log.warning("%s The run goes on without it.", exc)
 
     def _record(self, job: Job, progress: Progress) -> None:
+        # The log and the loss first; a failure there must not keep the job's status (its
+        # end above all) from being saved, so it is raised after the save.
+        failed: JobStoreError | None = None
+        try:
+            self._record_lines_and_loss(job, progress)
+        except JobStoreError as exc:
+            failed = exc
+        self._record_status(job, progress)
+        if failed is not None:
+            raise failed
+
+    def _record_lines_and_loss(self, job: Job, progress: Progress) -> None:
         seen = self._seen.setdefault(job.id, set())
         new_lines = [line for line in progress.log_tail if line not in seen]
         seen.update(new_lines)
@@ -618,6 +634,8 @@ class ProgressRecorder:
             self.store.record_losses(
                 job.id, [(progress.step, progress.loss, progress.learning_rate)]
             )
+
+    def _record_status(self, job: Job, progress: Progress) -> None:
         changed = job.status is not progress.status
         job.status = progress.status
         job.message = progress.message

@@ -203,6 +203,42 @@ def test_the_history_keeps_each_steps_learning_rate_beside_its_loss(tmp_path: Pa
     again.close()
 
 
+def test_a_run_whose_loss_became_nan_is_recorded_with_its_end(tmp_path: Path) -> None:
+    """A backend that reports a loss of NaN or infinity (a diverged run, as ComfyUI's log
+    says "loss=nan"): the history keeps the run's other points and, above all, its end."""
+    db = tmp_path / "jobs.sqlite3"
+    store = JobStore(db)
+    job = _job("diverged")
+    store.save(job)
+    recorder = ProgressRecorder(store)
+    running = JobStatus.RUNNING
+    for progress in [
+        Progress(status=running, step=1, total_steps=4, loss=0.5, log_tail=("step 1",)),
+        Progress(status=running, step=2, total_steps=4, loss=math.inf, log_tail=("step 2",)),
+        Progress(status=running, step=3, total_steps=4, loss=math.nan, log_tail=("step 3",)),
+        Progress(
+            status=JobStatus.FAILED,
+            step=3,
+            total_steps=4,
+            loss=math.nan,
+            error="The loss became nan at step 3.",
+            log_tail=("step 3", "failed"),
+        ),
+    ]:
+        recorder.record(job, progress)
+    store.record_losses(job.id, [(4, math.nan, 1e-4), (5, 0.25)])
+    store.close()
+
+    again = JobStore(db)
+    found = again.get(job.id)
+    assert found is not None
+    assert found.status is JobStatus.FAILED and found.error == "The loss became nan at step 3."
+    assert found.finished_at is not None
+    assert again.losses(job.id) == [(1, 0.5), (5, 0.25)]
+    assert again.logs(job.id) == ["step 1", "step 2", "step 3", "failed"]
+    again.close()
+
+
 def test_history_keeps_spec_transitions_logs_losses_and_cost(tmp_path: Path) -> None:
     from lora_studio.core.jobs import JobSpec
 
