@@ -21,7 +21,9 @@ prompt); a token typed here is saved in the OS keyring when asked, never in a fi
 The run itself belongs to :class:`~lora_studio.gui.caption_controller.CaptionController`;
 this dialog only asks and shows. States: idle → running → stopping → idle; Cancel stops
 at once (in-flight requests are dropped; a model still loading is left behind), and what
-was captioned so far stays as proposals.
+was captioned so far stays as proposals. Closing the dialog does not stop a run: the
+window's status bar shows it going on, and clicking it (or **Caption images…**) brings
+this same dialog back, its progress and failures up to date.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -91,6 +92,8 @@ def eta_text(seconds: float | None) -> str:
     if seconds is None:
         return ""
     whole = int(round(seconds))
+    if whole < 1:
+        return "about a second left"
     if whole < 60:
         return f"about {whole} s left"
     minutes, secs = divmod(whole, 60)
@@ -288,6 +291,9 @@ class CaptionRunDialog(QDialog):
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.close_button = QPushButton("Close")
+        self.close_button.setToolTip(
+            "Close this window; a run goes on (the status bar shows it, click there to come back)"
+        )
         self.close_button.clicked.connect(self.close)
         buttons = QHBoxLayout()
         buttons.addStretch(1)
@@ -510,15 +516,6 @@ class CaptionRunDialog(QDialog):
         self.failures.item(self.failures.count() - 1).setToolTip(reason)
         self.failures_label.show()
         self.failures.show()
-
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
-        # Closing the dialog stops its run: nothing would show it any more.
-        self.cancel()
-        super().closeEvent(event)
-
-    def reject(self) -> None:
-        self.cancel()
-        super().reject()
 
 
 def _int(text: str | None, default: int) -> int:

@@ -57,6 +57,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lora_studio.captioning.runner import CaptionProgress
 from lora_studio.core.config import LoraConfig
 from lora_studio.core.dataset import Dataset
 from lora_studio.core.estimates import Estimate
@@ -67,7 +68,7 @@ from lora_studio.gui import artwork
 from lora_studio.gui import settings as app_settings
 from lora_studio.gui.backend_panel import KEY_BACKEND, BackendChoice, BackendPanel
 from lora_studio.gui.caption_controller import CaptionController
-from lora_studio.gui.caption_dialog import CaptionRunDialog
+from lora_studio.gui.caption_dialog import CaptionRunDialog, progress_text
 from lora_studio.gui.caption_grid import CaptionGrid
 from lora_studio.gui.caption_watch import CaptionWatcher
 from lora_studio.gui.controller import ERROR, INFO, WARNING, StudioController, sample_copy_dir
@@ -293,6 +294,14 @@ class MainWindow(QMainWindow):
         self.status_dataset.setObjectName("statusDataset")
         self.status_device = QLabel("Looking for a GPU\u2026")
         self.status_device.setObjectName("statusDevice")
+        # A caption run going on with its dialog closed: click to bring the dialog back.
+        self.status_captioning = QToolButton()
+        self.status_captioning.setObjectName("statusCaptioning")
+        self.status_captioning.setAutoRaise(True)
+        self.status_captioning.setToolTip("A caption run is going on: click to show it")
+        self.status_captioning.clicked.connect(self.open_caption_dialog)
+        self.status_captioning.hide()
+        self.statusBar().addPermanentWidget(self.status_captioning)
         self.statusBar().addPermanentWidget(self.status_dataset)
         self.statusBar().addPermanentWidget(self.status_device)
         self.statusBar().showMessage("Ready")
@@ -427,6 +436,8 @@ class MainWindow(QMainWindow):
         self.captions.proposals_added.connect(self.dataset_model.add_proposals)
         self.captions.proposals_resolved.connect(self.dataset_model.resolve_proposals)
         self.captions.message.connect(self.show_message)
+        self.captions.running_changed.connect(self._on_captioning)
+        self.captions.run_progress.connect(self._on_caption_progress)
         self.preset_form.config_edited.connect(c.set_config)
         self.preset_form.preset_selected.connect(self._on_preset_selected)
         self.preset_form.save_preset_requested.connect(
@@ -627,7 +638,9 @@ class MainWindow(QMainWindow):
             self.show_message(WARNING, "Open a dataset folder first, then caption its images.")
             return None
         dialog = self.caption_dialog
-        if dialog is not None and dialog.isVisible():
+        if dialog is not None and (dialog.isVisible() or self.captions.running):
+            # The same dialog while a run goes on: it kept its progress and failures.
+            dialog.show()
             dialog.raise_()
             dialog.activateWindow()
             return dialog
@@ -644,6 +657,13 @@ class MainWindow(QMainWindow):
         self.caption_dialog = dialog
         dialog.show()
         return dialog
+
+    def _on_captioning(self, running: bool) -> None:
+        self.status_captioning.setText("Captioning\u2026")
+        self.status_captioning.setVisible(running)
+
+    def _on_caption_progress(self, progress: CaptionProgress) -> None:
+        self.status_captioning.setText(f"Captioning: {progress_text(progress)}")
 
     def _on_proposals_loaded(self, dataset: Dataset, proposals: object, provenance: object) -> None:
         if dataset is self.dataset_model.dataset:

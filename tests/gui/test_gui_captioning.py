@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -306,6 +307,55 @@ def test_cancel_stops_a_run_at_once(make_window, qloop, colours: Path, serve) ->
     assert not (colours / "red.txt").exists()
 
 
+def test_closing_the_dialog_leaves_the_run_going_in_the_status_bar(
+    make_window, qloop, colours: Path, serve
+) -> None:
+    """A long run need not keep its dialog open: closed, the run goes on, the status bar
+    shows it, and a click there brings back the same dialog, up to date."""
+    answer = openai_chat()
+    release = threading.Event()
+    answered = [0]
+
+    def gated(request):  # the first image at once, the others when released
+        answered[0] += 1
+        if answered[0] > 1:
+            release.wait(30)
+        return answer(request)
+
+    server = serve(gated)
+    window = make_window()
+    open_and_wait(qloop, window, colours)
+    dialog = _dialog(window, "openai", url=f"{server.url}/v1", model="llava")
+    dialog.set_mode("overwrite")
+    status = window.status_captioning
+    assert status.isHidden()
+
+    async def scenario():
+        finished = signal_future(window.captions.run_finished)
+        dialog.start_button.click()
+        await wait_until(lambda: "1 / 3" in status.text(), 30, what="the first caption")
+        dialog.close()
+        await asyncio.sleep(0.2)
+        assert window.captions.running and not dialog.isVisible()
+        assert status.isVisible() and status.text().startswith("Captioning: 1 / 3")
+        status.click()
+        assert window.caption_dialog is dialog and dialog.isVisible()
+        assert dialog.progress_label.text().startswith("1 / 3")
+        assert dialog.cancel_button.isEnabled() and not dialog.start_button.isEnabled()
+        dialog.close()
+        release.set()
+        (report,) = await finished
+        await window.captions.wait_idle()
+        return report
+
+    report = run(qloop, scenario())
+    assert report.state is RunState.FINISHED and len(report.captioned) == 3
+    assert status.isHidden()
+    # The end is said in the window, as the dialog is closed.
+    assert window.statusBar().currentMessage().startswith("3 caption(s) proposed by openai")
+    assert window.open_caption_dialog() is not dialog  # idle: a fresh one for the dataset
+
+
 @pytest.mark.slow
 def test_a_tiny_local_blip_captions_in_a_worker_thread(
     make_window, qloop, colours: Path, tmp_path: Path
@@ -372,3 +422,13 @@ def test_a_refused_token_says_check_your_token_and_is_not_kept(
     # A refused token stops the run at once: the two images in flight, no retries.
     assert len(server.requests) <= 2
     assert not (colours / "dataset.json").exists()
+
+
+def test_the_time_left_reads_naturally() -> None:
+    from lora_studio.gui.caption_dialog import eta_text
+
+    assert eta_text(None) == ""
+    assert eta_text(0.2) == "about a second left"  # not "about 0 s" with images to go
+    assert eta_text(4.4) == "about 4 s left"
+    assert eta_text(125) == "about 2 min 05 s left"
+    assert eta_text(3 * 3600 + 7 * 60) == "about 3 h 07 min left"
