@@ -121,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         dialog._on_token_states(
-            {"replicate": "in the keyring", "huggingface": "not set", "openai": "not set"}
+            {
+                "comfyui": "not set",
+                "replicate": "in the keyring",
+                "huggingface": "not set",
+                "openai": "not set",
+            }
         )
         dialog.show()
         app.processEvents()

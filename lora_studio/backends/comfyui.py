@@ -1971,7 +1971,8 @@ class ComfyUIBackend:
         if status in (401, 403):
             raise ComfyUIAuthError(
                 f"ComfyUI at {self.url} refused the request (HTTP {status}): set the access "
-                f"token its proxy expects (COMFYUI_API_TOKEN or the keyring), or check it."
+                f"token its proxy expects (Edit › Settings in the window, or COMFYUI_API_TOKEN), "
+                f"or check it."
             )
         detail = ""
         with contextlib.suppress(Exception):  # a streamed body that was not read: no detail

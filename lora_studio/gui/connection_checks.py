@@ -100,13 +100,17 @@ async def _get_json(
         )
 
 
-async def check_comfyui(url: str, output_dir: Path) -> CheckResult:
-    """The "Train on" panel's check of a ComfyUI server: version, device, VRAM, nodes."""
+async def check_comfyui(url: str, output_dir: Path, token: str | None = None) -> CheckResult:
+    """The "Train on" panel's check of a ComfyUI server: version, device, VRAM, nodes.
+    ``token``: a bearer token for a proxy in front of it (``None``: the environment's or
+    the keyring's, as a run uses)."""
     from lora_studio.backends.comfyui import ComfyUIBackend
 
     if not url.strip():
         return CheckResult(False, "Enter the ComfyUI server's address, e.g. http://127.0.0.1:8188.")
-    backend = ComfyUIBackend(BackendConfig(BackendType.COMFYUI, output_dir, api_url=url.strip()))
+    backend = ComfyUIBackend(
+        BackendConfig(BackendType.COMFYUI, output_dir, api_url=url.strip()), token=token
+    )
     try:
         status = await backend.check()
     finally:

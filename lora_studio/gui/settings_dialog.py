@@ -3,6 +3,7 @@
 ::
 
     ComfyUI server   [http://127.0.0.1:8188        ]  [Test connection]  ✔ ComfyUI 0.3 on …
+                     token [••••••] [Save]  (only for a proxy that asks for one)
     Replicate        token [••••••] [Save]  ✔ in keyring [Test connection]  ✔ Signed in as …
     Hugging Face     token [••••••] [Save]  endpoint [https://huggingface.co] [Test] …
     Caption server   URL [http://127.0.0.1:8080/v1] model [llava ▾] key [••] [Test] …
@@ -57,6 +58,7 @@ from lora_studio.gui.settings import DEVICES
 
 COMFYUI, REPLICATE, HUGGINGFACE, OPENAI = "comfyui", "replicate", "huggingface", "openai"
 TOKEN_SOURCES = {
+    COMFYUI: secrets.COMFYUI,
     REPLICATE: secrets.REPLICATE,
     HUGGINGFACE: secrets.HUGGINGFACE,
     OPENAI: secrets.OPENAI,
@@ -120,7 +122,7 @@ class SettingsService(QObject):
         if source is not None and not token:
             token = await asyncio.to_thread(secrets.get_token, source) or ""
         if service == COMFYUI:
-            result = await check_comfyui(values.comfyui_url, self.output_dir)
+            result = await check_comfyui(values.comfyui_url, self.output_dir, token or None)
         elif service == REPLICATE:
             result = await check_replicate(token, values.replicate_url)
         elif service == HUGGINGFACE:
@@ -201,7 +203,14 @@ class SettingsDialog(QDialog):
             "The ComfyUI server that trains when you choose it under Train on "
             "(a trailing /api is fine)"
         )
-        comfy = self._group("ComfyUI server", COMFYUI, [("Address", self.comfyui_edit)])
+        comfy = self._group(
+            "ComfyUI server",
+            COMFYUI,
+            [
+                ("Address", self.comfyui_edit),
+                ("Token", self._token_row(COMFYUI, "only if a proxy in front asks for one")),
+            ],
+        )
 
         # ---- Replicate
         self.replicate_url = values.replicate_url

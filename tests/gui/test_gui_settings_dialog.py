@@ -192,6 +192,48 @@ def test_comfyui_test_reports_version_and_device(qtbot, qloop, tmp_path, memory_
     run(qloop, scenario())
 
 
+def test_a_comfyui_behind_a_proxy_takes_a_token_from_the_dialog(
+    qtbot, qloop, tmp_path, memory_keyring
+) -> None:
+    """A ComfyUI behind a proxy that wants a bearer token: refused without it, accepted
+    with the one typed, and once saved it is the keyring's (what a run uses)."""
+    token = "comfy-proxy-token-0123"
+
+    async def scenario() -> None:
+        fake = FakeComfyUI(tmp_path / "comfy")
+        fake.token = token
+        url = await fake.start()
+        try:
+            dialog = make_dialog(qtbot, tmp_path, SettingsValues(comfyui_url=url))
+
+            async def test() -> str:
+                dialog.results.pop(COMFYUI, None)
+                dialog.rows[COMFYUI].button.click()
+                await wait_until(lambda: COMFYUI in dialog.results, 30, what="the test")
+                return dialog.results[COMFYUI].message
+
+            refused = await test()
+            assert not dialog.results[COMFYUI].ok and "HTTP 401" in refused
+            assert "Edit › Settings" in refused
+            dialog.token_edits[COMFYUI].setText(token)
+            message = await test()
+            assert dialog.results[COMFYUI].ok and "ComfyUI" in message, message
+            assert token not in dialog.rows[COMFYUI].result.text()
+            dialog.findChild(type(dialog.rows[COMFYUI].button), "save_comfyui").click()
+            await wait_until(
+                lambda: memory_keyring.passwords.get((KEYRING_SERVICE, "comfyui")) == token,
+                10,
+                what="the keyring",
+            )
+            assert dialog.token_edits[COMFYUI].text() == ""
+            message = await test()  # with the stored token now
+            assert dialog.results[COMFYUI].ok, message
+        finally:
+            await fake.stop()
+
+    run(qloop, scenario())
+
+
 def test_without_a_keyring_the_fallback_warning_is_shown(
     qtbot, qloop, tmp_path, monkeypatch
 ) -> None:
