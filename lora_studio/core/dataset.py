@@ -41,6 +41,7 @@ Export writes the kohya layout (:meth:`Dataset.export_kohya`) or a ``metadata.js
 
 from __future__ import annotations
 
+import codecs
 import collections
 import contextlib
 import json
@@ -206,8 +207,9 @@ def normalize_caption_extension(extension: str) -> str:
 
 
 def _decode_text(raw: bytes) -> tuple[str, str]:
+    # The BOM by hand: the "utf-8-sig" codec is Python code, 4x the C "utf-8" decoder.
     try:
-        return raw.decode("utf-8-sig"), "utf-8"
+        return raw.removeprefix(codecs.BOM_UTF8).decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
     for encoding in _FALLBACK_ENCODINGS:
@@ -851,6 +853,14 @@ class Dataset:
 # ---- indexing ----------------------------------------------------------------------------
 
 
+def _suffix(name: str) -> str:
+    """A file name's extension, lower case (``os.path.splitext`` for a bare name that
+    does not start with a dot, at a third of its cost: an index calls it 28,000 times for
+    10,000 images)."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
+
+
 def first_images(folder: str | os.PathLike[str], count: int) -> list[Path]:
     """The first ``count`` image files of ``folder`` in the order its dataset lists them
     (folders top-down, names sorted), from the listing alone: the window prefetches their
@@ -860,7 +870,7 @@ def first_images(folder: str | os.PathLike[str], count: int) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
+            if not name.startswith(".") and _suffix(name) in extensions:
                 found.append(Path(dirpath) / name)
                 if len(found) >= count:
                     return found
@@ -892,7 +902,7 @@ def _index(folder: Path, ext: str) -> Dataset:
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
-            suffix = os.path.splitext(name)[1].lower()
+            suffix = _suffix(name)  # (names starting with a dot were skipped)
             if suffix in extensions:
                 images.append(name)
             elif name == METADATA_FILE:
@@ -923,7 +933,7 @@ def _index(folder: Path, ext: str) -> Dataset:
         for name in images:
             path = here / name
             item = ImageItem(path=path, repeats=repeats, caption_extension=ext)
-            sidecar_name = os.path.splitext(name)[0] + ext
+            sidecar_name = name[: name.rfind(".")] + ext  # (an image name has a suffix)
             has_sidecar = sidecar_name in names
             hit = rows.get(os.path.normcase(os.path.normpath(path))) if rows else None
             if hit is not None and (hit[2] is not None or not has_sidecar):
