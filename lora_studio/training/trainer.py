@@ -1142,18 +1142,46 @@ class Trainer:
         """
         import torch
 
-        if run.world > 1 and torch.distributed.is_initialized():
-            # A gloo/NCCL group left open aborts the process at exit.
-            torch.distributed.destroy_process_group()
-        run.accelerator = None
-        run.denoiser = run.optimizer = run.lr_scheduler = None
-        run.text_encoders = []
-        run.trainable.clear()
-        run.latents = []
-        run.cached_text = None
-        del run.comps
+        with leaving_process_group(run.world > 1):
+            run.accelerator = None
+            run.denoiser = run.optimizer = run.lr_scheduler = None
+            run.text_encoders = []
+            run.trainable.clear()
+            run.latents = []
+            run.cached_text = None
+            del run.comps
         if run.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def leaving_process_group(distributed: bool = True) -> Iterator[None]:
+    """Close the run's process group; drop the DDP model and whatever else uses the group
+    inside the ``with`` (a gloo/NCCL group left open aborts the process at exit).
+
+    Every process first meets once more, through a barrier whose work this thread holds
+    until the group's last user is gone. gloo's worker thread drops its reference to a
+    finished work while holding the group's lock, and when that reference is the last one
+    it takes the GIL to free what the work captured; the group's destructor runs with the
+    GIL held and waits for that lock. Right after a plain barrier (the save's
+    ``wait_for_everyone``) the two deadlocked: a CPU run of two processes hung after
+    writing its LoRA (a two-process loop of step, barrier, teardown hung within 20
+    rounds; tests/training/test_process_group.py). Held here, the last work is freed on
+    this thread, after the group.
+    """
+    import torch
+
+    if not (distributed and torch.distributed.is_initialized()):
+        yield
+        return
+    last_barrier = torch.distributed.barrier(async_op=True)
+    if last_barrier is not None:
+        last_barrier.wait()
+    torch.distributed.destroy_process_group()
+    try:
+        yield
+    finally:
+        del last_barrier
 
 
 def _shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
