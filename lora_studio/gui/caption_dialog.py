@@ -22,8 +22,9 @@ The run itself belongs to :class:`~lora_studio.gui.caption_controller.CaptionCon
 this dialog only asks and shows. States: idle → running → stopping → idle; Cancel stops
 at once (in-flight requests are dropped; a model still loading is left behind), and what
 was captioned so far stays as proposals. Closing the dialog does not stop a run: the
-window's status bar shows it going on, and clicking it (or **Caption images…**) brings
-this same dialog back, its progress and failures up to date.
+window's status bar shows it going on (and, once it has ended, its result until the
+dialog is seen again), and clicking it (or **Caption images…**) brings this same dialog
+back, its progress and failures up to date.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -318,6 +320,8 @@ class CaptionRunDialog(QDialog):
         self._restore()
         self.provider_box.currentIndexChanged.connect(self._on_provider_changed)
         self._on_provider_changed()
+        #: A run ended while this dialog was closed: its result (and failures) not seen yet.
+        self.unseen = False
         captions.run_progress.connect(self._on_progress)
         captions.run_finished.connect(self._on_finished)
         captions.running_changed.connect(self._on_running)
@@ -486,8 +490,13 @@ class CaptionRunDialog(QDialog):
         if result is not None and result.status is ResultStatus.FAILED:
             self._add_failure(result.name, result.error or "failed")
 
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802
+        self.unseen = False
+        super().showEvent(event)
+
     def _on_finished(self, report: RunReport) -> None:
         self.report = report
+        self.unseen = not self.isVisible()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1 if report.state is RunState.FINISHED else 0)
         done = len(report.results) - len(report.skipped) - len(report.cancelled)

@@ -638,11 +638,13 @@ class MainWindow(QMainWindow):
             self.show_message(WARNING, "Open a dataset folder first, then caption its images.")
             return None
         dialog = self.caption_dialog
-        if dialog is not None and (dialog.isVisible() or self.captions.running):
-            # The same dialog while a run goes on: it kept its progress and failures.
+        if dialog is not None and (dialog.isVisible() or self.captions.running or dialog.unseen):
+            # The same dialog while a run goes on, or one that ended unseen: it kept its
+            # progress and failures.
             dialog.show()
             dialog.raise_()
             dialog.activateWindow()
+            self.status_captioning.setVisible(self.captions.running)
             return dialog
         if dialog is not None:
             dialog.deleteLater()
@@ -659,8 +661,13 @@ class MainWindow(QMainWindow):
         return dialog
 
     def _on_captioning(self, running: bool) -> None:
-        self.status_captioning.setText("Captioning\u2026")
-        self.status_captioning.setVisible(running)
+        dialog = self.caption_dialog
+        if running:
+            self.status_captioning.setText("Captioning\u2026")
+        elif dialog is not None and dialog.unseen:
+            # Ended with its dialog closed: the result stays until the user looks.
+            self.status_captioning.setText(f"Captioning: {dialog.progress_label.text()}")
+        self.status_captioning.setVisible(running or (dialog is not None and dialog.unseen))
 
     def _on_caption_progress(self, progress: CaptionProgress) -> None:
         self.status_captioning.setText(f"Captioning: {progress_text(progress)}")

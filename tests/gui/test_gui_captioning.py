@@ -350,10 +350,16 @@ def test_closing_the_dialog_leaves_the_run_going_in_the_status_bar(
 
     report = run(qloop, scenario())
     assert report.state is RunState.FINISHED and len(report.captioned) == 3
-    assert status.isHidden()
-    # The end is said in the window, as the dialog is closed.
+    # The end is said in the window, as the dialog is closed, and the result stays in
+    # the status bar until it is seen.
     assert window.statusBar().currentMessage().startswith("3 caption(s) proposed by openai")
-    assert window.open_caption_dialog() is not dialog  # idle: a fresh one for the dataset
+    assert status.isVisible() and status.text() == "Captioning: Done: 3 / 3"
+    status.click()
+    assert window.caption_dialog is dialog and dialog.isVisible() and status.isHidden()
+    assert dialog.progress_label.text() == "Done: 3 / 3"
+    dialog.close()
+    assert status.isHidden()
+    assert window.open_caption_dialog() is not dialog  # seen and idle: a fresh one
 
 
 @pytest.mark.slow
