@@ -56,6 +56,7 @@ def kohya_lora_keys(
     alpha: float,
     conv_alpha: float | None = None,
     conv_targets: Collection[str] | None = None,
+    conv_modules: Collection[str] | None = None,
     module_root: str = "",
 ) -> dict[str, torch.Tensor]:
     """Rename one peft state dict to kohya keys and add each module's ``.alpha``.
@@ -74,6 +75,9 @@ def kohya_lora_keys(
         conv_targets: with ``conv_alpha``, only 4-D modules whose name ends in one of these
             get it (a convolution named in custom target modules, such as SD 1.5's
             ``proj_in``, was trained with ``alpha``); ``None``: every 4-D module.
+        conv_modules: with ``conv_alpha``, the exact module paths (as in ``peft_state``)
+            of the LoCon layers, for a state dict whose names no longer tell (SDXL's,
+            renamed to the original UNet's); wins over ``conv_targets``.
         module_root: prepended to module paths that lack it (``text_model.`` for CLIP).
     """
     import torch
@@ -90,7 +94,9 @@ def kohya_lora_keys(
         out[name + kohya_suffix] = value
         if kohya_suffix == ".lora_down.weight":
             is_conv = value.ndim == 4 and conv_alpha is not None
-            if is_conv and conv_targets is not None:
+            if is_conv and conv_modules is not None:
+                is_conv = module in conv_modules
+            elif is_conv and conv_targets is not None:
                 is_conv = module.rsplit(".", 1)[-1] in conv_targets
             module_alpha = conv_alpha if is_conv else alpha
             out[name + ".alpha"] = torch.tensor(float(module_alpha), dtype=torch.float32)

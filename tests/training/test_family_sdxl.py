@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from lora_studio.core.base_model import resolve_base_model
 from lora_studio.core.config import LoraConfig, ModelFamily
 from lora_studio.core.errors import ModelError
+from lora_studio.training.export import CONV_TARGETS as LOCON_TARGETS
 from lora_studio.training.export import clip_kohya_keys
 from lora_studio.training.families import get_family
 from lora_studio.training.families.base import Components, LossInputs
@@ -52,7 +53,6 @@ ALL_UNET_TARGETS = (
     "linear_1",
     "linear_2",
 )
-CONV_TARGETS = ("conv1", "conv2", "conv_shortcut", "conv", "conv_in", "conv_out")
 CLIP_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 # (diffusers module, kohya's name for it in SDXL base 1.0 LoRA files)
@@ -326,12 +326,17 @@ def _random_lora(module: torch.nn.Module, config, seed: int) -> dict[str, torch.
     return get_peft_model_state_dict(module)
 
 
-def _scaled_b(state: dict[str, torch.Tensor], linear: float, conv: float) -> dict:
+def _scaled_b(
+    state: dict[str, torch.Tensor], linear: float, conv: float = 0.0, conv_names: tuple = ()
+) -> dict:
     """The LoRA with its alpha/rank scale folded into lora_B (diffusers-format files carry
-    no alphas: scale 1)."""
-    return {
-        k: v * (conv if v.ndim == 4 else linear) if ".lora_B." in k else v for k, v in state.items()
-    }
+    no alphas: scale 1); ``conv`` for the modules whose last name is in ``conv_names``."""
+
+    def scale(key: str) -> float:
+        module = key.partition(".lora_")[0]
+        return conv if module.rsplit(".", 1)[-1] in conv_names else linear
+
+    return {k: v * scale(k) if ".lora_B." in k else v for k, v in state.items()}
 
 
 def test_kohya_file_loads_into_the_same_modules_as_the_diffusers_file(tiny_sdxl, tmp_path) -> None:
@@ -348,7 +353,9 @@ def test_kohya_file_loads_into_the_same_modules_as_the_diffusers_file(tiny_sdxl,
             r=rank,
             lora_alpha=alpha,
             target_modules=list(ALL_UNET_TARGETS),
-            alpha_pattern=dict.fromkeys(CONV_TARGETS, conv_alpha),
+            # As the trainer: LoCon's alpha on the ResNet and sampler convolutions only;
+            # conv_in and conv_out (custom targets) train with ``alpha``.
+            alpha_pattern=dict.fromkeys(LOCON_TARGETS, conv_alpha),
         ),
         seed=1,
     )
@@ -378,13 +385,17 @@ def test_kohya_file_loads_into_the_same_modules_as_the_diffusers_file(tiny_sdxl,
     assert not any("down_blocks" in m or "up_blocks" in m or "mid_block" in m for m in modules)
     assert kohya["lora_unet_input_blocks_1_0_in_layers_2.alpha"].item() == conv_alpha
     assert kohya["lora_unet_middle_block_1_proj_in.alpha"].item() == alpha
+    # Convolutions that are not LoCon layers keep the LoRA alpha, SGM names or not.
+    assert kohya["lora_unet_input_blocks_0_0.lora_down.weight"].ndim == 4  # conv_in
+    assert kohya["lora_unet_input_blocks_0_0.alpha"].item() == alpha
+    assert kohya["lora_unet_out_2.alpha"].item() == alpha  # conv_out
     assert any(m.startswith("lora_te1_text_model_encoder_layers_") for m in modules)
     assert any(m.startswith("lora_te2_text_model_encoder_layers_") for m in modules)
 
     diffusers_file = family.save_diffusers_lora(
         tmp_path / "diffusers",
-        _scaled_b(unet_lora, alpha / rank, conv_alpha / rank),
-        [_scaled_b(state, alpha / rank, alpha / rank) for state in te_loras],
+        _scaled_b(unet_lora, alpha / rank, conv_alpha / rank, LOCON_TARGETS),
+        [_scaled_b(state, alpha / rank) for state in te_loras],
     )
 
     plain = _render(_pipeline(tiny_sdxl))

@@ -28,6 +28,7 @@ from lora_studio.core.base_model import BaseModelRef, ModelKind
 from lora_studio.core.config import LoraConfig, ModelFamily
 from lora_studio.core.errors import ModelError
 from lora_studio.training.export import (
+    CONV_TARGETS,
     clip_kohya_keys,
     kohya_lora_keys,
     save_family_diffusers_lora,
@@ -407,16 +408,30 @@ class SDXLFamily:
         )
 
     def kohya_keys(self, denoiser_lora: dict[str, Any], config: LoraConfig) -> dict[str, Any]:
-        state = denoiser_lora
-        if self.unet_layout is not None:
-            state = sgm_lora_state(denoiser_lora, self.unet_layout)
-        # (after the SGM renaming the LoCon layers cannot be told by name: with conv_rank
-        # set, every 4-D layer takes conv_alpha)
+        conv_alpha = config.conv_alpha if config.conv_rank else None
+        layout = self.unet_layout
+        if layout is None:
+            return kohya_lora_keys(
+                denoiser_lora,
+                "lora_unet_",
+                alpha=config.alpha,
+                conv_alpha=conv_alpha,
+                conv_targets=CONV_TARGETS,
+            )
+        # The LoCon layers are told by their diffusers names (the trainer's rule: the
+        # last part is one of CONV_TARGETS), then renamed with the rest; any other
+        # convolution among custom targets (conv_in, conv_out...) trained with ``alpha``.
+        locon = {
+            sgm_module_path(module, layout)
+            for key in denoiser_lora
+            if (module := key.partition(".lora_")[0]).rsplit(".", 1)[-1] in CONV_TARGETS
+        }
         return kohya_lora_keys(
-            state,
+            sgm_lora_state(denoiser_lora, layout),
             "lora_unet_",
             alpha=config.alpha,
-            conv_alpha=config.conv_alpha if config.conv_rank else None,
+            conv_alpha=conv_alpha,
+            conv_modules=locon,
         )
 
     def pipeline(
