@@ -1067,6 +1067,17 @@ class MainWindow(QMainWindow):
             if self.job_monitor.state is not MonitorState.STOPPING:
                 self.job_monitor.cancel_button.click()
             return
+        if self.captions.running and self.confirm_close:
+            # Its dialog may be closed: the run goes on in the status bar, easy to forget.
+            answer = QMessageBox.question(
+                self,
+                "Captioning is running",
+                f"A caption run is going ({self.status_captioning.text()}). Stop it and "
+                f"quit?\n\nThe captions made so far are kept as proposals to review.",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
         if not self._may_discard_unsaved("Quit anyway"):
             event.ignore()
             return

@@ -362,6 +362,43 @@ def test_closing_the_dialog_leaves_the_run_going_in_the_status_bar(
     assert window.open_caption_dialog() is not dialog  # seen and idle: a fresh one
 
 
+def test_quitting_during_a_caption_run_asks_first(
+    make_window, qloop, colours: Path, serve, monkeypatch
+) -> None:
+    """With its dialog closed a run is easy to forget: quitting asks, and says what is kept."""
+    from PySide6.QtWidgets import QMessageBox
+
+    server = serve(lambda request: Reply(hang=True))
+    window = make_window()
+    open_and_wait(qloop, window, colours)
+    dialog = _dialog(window, "openai", url=f"{server.url}/v1", model="llava")
+    dialog.set_mode("overwrite")
+    dialog.timeout_spin.setValue(0)
+    asked: list[str] = []
+    answer = [QMessageBox.StandardButton.No]
+
+    def question(_parent, _title, text, *_args):
+        asked.append(text)
+        return answer[0]
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    window.confirm_close = True
+
+    async def scenario():
+        dialog.start_button.click()
+        await wait_until(lambda: len(server.requests) >= 2, 30, what="the requests")
+        dialog.close()
+        assert not window.close()  # "No": the window and the run stay
+        assert window.captions.running and window.isVisible()
+        answer[0] = QMessageBox.StandardButton.Yes
+        assert window.close()
+        await wait_until(lambda: not window.captions.running, 10, what="the run to stop")
+
+    run(qloop, scenario())
+    assert len(asked) == 2 and "A caption run is going" in asked[0]
+    assert "kept as proposals" in asked[0]
+
+
 @pytest.mark.slow
 def test_a_tiny_local_blip_captions_in_a_worker_thread(
     make_window, qloop, colours: Path, tmp_path: Path
