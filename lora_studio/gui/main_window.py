@@ -301,6 +301,7 @@ class MainWindow(QMainWindow):
         self.status_captioning.setToolTip("A caption run is going on: click to show it")
         self.status_captioning.clicked.connect(self.open_caption_dialog)
         self.status_captioning.hide()
+        self._caption_progress = ""
         self.statusBar().addPermanentWidget(self.status_captioning)
         self.statusBar().addPermanentWidget(self.status_dataset)
         self.statusBar().addPermanentWidget(self.status_device)
@@ -663,6 +664,7 @@ class MainWindow(QMainWindow):
     def _on_captioning(self, running: bool) -> None:
         dialog = self.caption_dialog
         if running:
+            self._caption_progress = ""
             self.status_captioning.setText("Captioning\u2026")
         elif dialog is not None and dialog.unseen:
             # Ended with its dialog closed: the result stays until the user looks.
@@ -670,7 +672,9 @@ class MainWindow(QMainWindow):
         self.status_captioning.setVisible(running or (dialog is not None and dialog.unseen))
 
     def _on_caption_progress(self, progress: CaptionProgress) -> None:
-        self.status_captioning.setText(f"Captioning: {progress_text(progress)}")
+        text = progress_text(progress)
+        self._caption_progress = f" ({text})"  # for the question when quitting
+        self.status_captioning.setText(f"Captioning: {text}")
 
     def _on_proposals_loaded(self, dataset: Dataset, proposals: object, provenance: object) -> None:
         if dataset is self.dataset_model.dataset:
@@ -1072,8 +1076,8 @@ class MainWindow(QMainWindow):
             answer = QMessageBox.question(
                 self,
                 "Captioning is running",
-                f"A caption run is going ({self.status_captioning.text()}). Stop it and "
-                f"quit?\n\nThe captions made so far are kept as proposals to review.",
+                f"A caption run is going{self._caption_progress}. Stop it and quit?\n\n"
+                f"The captions made so far are kept as proposals to review.",
             )
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
