@@ -41,7 +41,7 @@ test: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Speed measurements (not tests: numbers to read and compare, see docs/benchmarks.md).
-# Each prints ratios measured in the same run; about 9 minutes on an idle 2-core machine.
+# Each prints ratios measured in the same run; about 5 minutes on an idle 2-core machine.
 bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_index.py --images 10000
 	$(TEST_ENV) $(BIN)/python benchmarks/bench_browser.py --images 10000
