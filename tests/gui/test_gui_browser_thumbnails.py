@@ -104,3 +104,30 @@ def test_a_new_datasets_waiting_requests_survive_the_switch(
     finally:
         blocker.set()
         loader.shutdown()
+
+
+def test_a_fast_scroll_leaves_no_pile_of_jobs_in_the_pool(qapp, qloop, tmp_path: Path):
+    """Requests wait in the loader's queue; the pool holds one worker job per thread (with
+    a job per request, thousands of given-up jobs stayed queued after a fast scroll, and
+    each new request scanned them all)."""
+    import gc
+
+    paths = small_pngs(tmp_path, 3, (16, 16))
+    many = [tmp_path / f"gone{i}.png" for i in range(3000)]  # scrolled past: given up
+    loader = ThumbnailLoader(cache_dir=None, max_threads=1)
+    made: list[Path] = []
+    loader.thumbnail_ready.connect(lambda path, _image: made.append(path))
+    blocker = threading.Event()
+    loader._pool.start(lambda: blocker.wait(10))  # the only thread is busy
+    try:
+        for path in [*many, *paths]:
+            loader.request(path)
+        workers = [o for o in gc.get_objects() if isinstance(o, module._Worker)]
+        assert len(workers) == 1
+        assert loader.given_up == len(many) + len(paths) - module.MAX_WAITING
+        blocker.set()
+        run(qloop, wait_until(lambda: len(made) == 3, 20, what="the last page"))
+        assert made == paths[::-1], "the newest request first"
+    finally:
+        blocker.set()
+        loader.shutdown()
