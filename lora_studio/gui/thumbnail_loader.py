@@ -177,7 +177,7 @@ class _Queue:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.lock = threading.Lock()
-        # path -> its priority (the most recent request's order); oldest request first
+        # path -> its priority (set by its first request); the oldest request first
         self.waiting: OrderedDict[Path, int] = OrderedDict()
         self._heap: list[tuple[int, int, Path]] = []  # (-priority, order, path); lazily cleaned
         self._order = 0
