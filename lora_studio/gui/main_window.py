@@ -301,7 +301,6 @@ class MainWindow(QMainWindow):
         self.status_captioning.setToolTip("A caption run is going on: click to show it")
         self.status_captioning.clicked.connect(self.open_caption_dialog)
         self.status_captioning.hide()
-        self._caption_progress = ""
         self.statusBar().addPermanentWidget(self.status_captioning)
         self.statusBar().addPermanentWidget(self.status_dataset)
         self.statusBar().addPermanentWidget(self.status_device)
@@ -664,7 +663,6 @@ class MainWindow(QMainWindow):
     def _on_captioning(self, running: bool) -> None:
         dialog = self.caption_dialog
         if running:
-            self._caption_progress = ""
             self.status_captioning.setText("Captioning\u2026")
         elif dialog is not None and dialog.unseen:
             # Ended with its dialog closed: the result stays until the user looks.
@@ -672,9 +670,7 @@ class MainWindow(QMainWindow):
         self.status_captioning.setVisible(running or (dialog is not None and dialog.unseen))
 
     def _on_caption_progress(self, progress: CaptionProgress) -> None:
-        text = progress_text(progress)
-        self._caption_progress = f" ({text})"  # for the question when quitting
-        self.status_captioning.setText(f"Captioning: {text}")
+        self.status_captioning.setText(f"Captioning: {progress_text(progress)}")
 
     def _on_proposals_loaded(self, dataset: Dataset, proposals: object, provenance: object) -> None:
         if dataset is self.dataset_model.dataset:
@@ -1073,10 +1069,13 @@ class MainWindow(QMainWindow):
             return
         if self.captions.running and self.confirm_close:
             # Its dialog may be closed: the run goes on in the status bar, easy to forget.
+            # (Runs start from the dialog, which shows how far this one is.)
+            dialog = self.caption_dialog
+            done = f" ({dialog.progress_label.text()})" if dialog is not None else ""
             answer = QMessageBox.question(
                 self,
                 "Captioning is running",
-                f"A caption run is going{self._caption_progress}. Stop it and quit?\n\n"
+                f"A caption run is going{done}. Stop it and quit?\n\n"
                 f"The captions made so far are kept as proposals to review.",
             )
             if answer != QMessageBox.StandardButton.Yes:
